@@ -1,0 +1,61 @@
+"""PEFT configs: `peft.method` picks one; each method's knobs live in its own section (`peft.lora.r=16`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    """Rank of the update B @ A."""
+    alpha: float = 16.0
+    """Scaling numerator: update is (alpha / r) * B @ A (alpha / sqrt(r) with rslora)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch input."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module name suffixes to wrap (e.g. [q_proj, v_proj]) or 'all-linear' (every linear but the LM head)."""
+    rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r)."""
+    dora: bool = False
+    """Weight-decomposed LoRA: learn a magnitude vector per output feature."""
+
+
+@dataclass
+class AdapterConfig:
+    kind: str = "houlsby"
+    """houlsby (after attention and after MLP) | pfeiffer (after MLP) | parallel (beside the MLP)."""
+    reduction_factor: int = 16
+    """Bottleneck size = hidden_size / reduction_factor."""
+    non_linearity: str = "relu"
+    """relu | gelu | silu | tanh."""
+
+
+@dataclass
+class PrefixConfig:
+    num_virtual_tokens: int = 16
+    """Key/value prefix length per layer."""
+    projection: bool = False
+    """Reparameterise prefixes through an MLP while training (dropped at save time)."""
+    projection_hidden: int = 128
+    """Hidden size of the reparameterisation MLP."""
+
+
+@dataclass
+class PromptConfig:
+    num_virtual_tokens: int = 16
+    """Soft tokens prepended to the input embeddings."""
+    init_text: str | None = None
+    """Initialise soft tokens from this text's embeddings (repeated/cut to length); random vocab rows if unset."""
+
+
+@dataclass
+class PeftConfig:
+    method: str = "none"
+    """none (full fine-tuning) | lora | adapter | prefix | prompt."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    modules_to_save: list[str] = field(default_factory=list)
+    """Extra base modules trained fully and saved with the adapter (e.g. [embed_tokens] after adding tokens)."""
