@@ -1,0 +1,52 @@
+"""`posttrain COMMAND ...`: one table, one function per command, each imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# command -> (module:function taking argv, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sft": ("posttrain.run.sft:main", "supervised fine-tuning (instruction tuning) on conversations"),
+    "rm": ("posttrain.run.rm:main", "train a reward model from preference pairs or rankings"),
+    "ppo": ("posttrain.run.ppo:main", "RLHF step 3: PPO against a reward model, KL-held near the SFT model"),
+    "dpo": ("posttrain.run.dpo:main", "direct preference optimisation (dpo | ipo | simpo)"),
+    "data": ("posttrain.data.cli:main", "build, convert, mix and inspect instruction and preference data"),
+    "eval": ("posttrain.eval.cli:main", "evaluate a model (+ adapter): perplexity, accuracy, preference, safety"),
+    "merge": ("posttrain.run.merge:main", "merge an adapter into its base model and write a plain HF model"),
+    "chat": ("posttrain.run.chat:main", "interactive chat with a model (+ adapter), streaming tokens"),
+    "generate": ("posttrain.run.generate:main", "batch generation for a JSONL file of prompts"),
+    "label": ("posttrain.feedback.cli:main", "the web app where people rank model responses"),
+    "demo": ("posttrain.demo.cli:main", "the whole adaptation pipeline on the embedded default"),
+    "bench": ("posttrain.bench.cli:main", "benchmarks against the anchors (TRL, PEFT, transformers)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: posttrain COMMAND [args]", "", "commands:"]
+    lines += [f"  {name:<9} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += ["", "Run `posttrain COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        near = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        print(f"posttrain: unknown command '{name}'" + (f"; did you mean '{near[0]}'?" if near else ""), file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    module, func = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
