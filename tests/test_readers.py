@@ -1,0 +1,184 @@
+"""Readers: every file type, every format, and errors that name file, line and field."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from posttrain.data.readers import read_conversations, read_records
+from posttrain.data.schema import DataError, Message
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+OPENAI = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+SHAREGPT = {
+    "conversations": [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "Hi"},
+        {"from": "gpt", "value": "Hello!"},
+    ]
+}
+ALPACA = {"instruction": "Reverse the word.", "input": "cat", "output": "tac"}
+PROMPT_COMPLETION = {"prompt": "2 + 3 =", "completion": " 5"}
+TEXT = {"text": "The quick brown fox."}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def roles(c):
+    return [m.role for m in c.messages]
+
+
+def test_jsonl_openai_and_sharegpt(tmp_path):
+    (a,) = read_conversations(write_jsonl(tmp_path / "a.jsonl", [OPENAI]))
+    assert a.messages == [Message("user", "Hi"), Message("assistant", "Hello!")]
+    (b,) = read_conversations(write_jsonl(tmp_path / "b.jsonl", [SHAREGPT]))
+    assert b.messages == [
+        Message("system", "Be brief."),
+        Message("user", "Hi"),
+        Message("assistant", "Hello!"),
+    ]
+
+
+def test_alpaca_prompt_completion_and_text(tmp_path):
+    (a,) = read_conversations(write_jsonl(tmp_path / "a.jsonl", [ALPACA]))
+    assert a.messages == [Message("user", "Reverse the word.\n\ncat"), Message("assistant", "tac")]
+    (s,) = read_conversations(write_jsonl(tmp_path / "s.jsonl", [{**ALPACA, "input": "", "system": "Sys"}]))
+    assert s.messages == [
+        Message("system", "Sys"),
+        Message("user", "Reverse the word."),
+        Message("assistant", "tac"),
+    ]
+    (p,) = read_conversations(write_jsonl(tmp_path / "p.jsonl", [PROMPT_COMPLETION]))
+    assert p.messages == [Message("user", "2 + 3 ="), Message("assistant", " 5")]
+    (t,) = read_conversations(write_jsonl(tmp_path / "t.jsonl", [TEXT]))
+    assert t.meta["format"] == "text" and t.messages == [Message("assistant", "The quick brown fox.")]
+
+
+def test_prompt_completion_as_message_lists(tmp_path):
+    row = {
+        "prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+        "completion": [{"role": "assistant", "content": "A"}],
+    }
+    (c,) = read_conversations(write_jsonl(tmp_path / "p.jsonl", [row]))
+    assert roles(c) == ["system", "user", "assistant"]
+
+
+def test_explicit_format_and_system_prompt(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [OPENAI, SHAREGPT])
+    a, b = read_conversations(path, format="messages", system_prompt="You are helpful.")
+    assert a.messages[0] == Message("system", "You are helpful.")
+    assert b.messages[0] == Message("system", "Be brief.")  # an existing system message is kept
+    with pytest.raises(DataError, match="a.jsonl:1 field 'instruction': missing"):
+        read_conversations(path, format="alpaca")
+    with pytest.raises(DataError, match="unknown data format"):
+        read_conversations(path, format="xml")
+
+
+def test_json_list_and_data_key(tmp_path):
+    (tmp_path / "l.json").write_text(json.dumps([OPENAI, SHAREGPT]))
+    (tmp_path / "d.json").write_text(json.dumps({"data": [ALPACA]}))
+    convs = read_conversations(f"{tmp_path / 'd.json'}, {tmp_path / 'l.json'}", format="auto")
+    assert len(convs) == 3  # comma-separated sources concatenated, format detected per file
+    assert [c.messages[-1].content for c in convs] == ["tac", "Hello!", "Hello!"]
+    with pytest.raises(DataError, match=r"mixed\.jsonl:2 field 'messages': missing"):  # format is per file
+        read_conversations(write_jsonl(tmp_path / "mixed.jsonl", [OPENAI, ALPACA]))
+
+
+def test_auto_detects_per_file(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [ALPACA])
+    t = write_jsonl(tmp_path / "t.jsonl", [TEXT])
+    convs = read_conversations(f"{a},{t}")
+    assert convs[0].meta == {} and convs[1].meta == {"format": "text"}
+
+
+def test_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([OPENAI, OPENAI]), tmp_path / "m.parquet")
+    pq.write_table(pa.Table.from_pylist([ALPACA]), tmp_path / "a.parquet")
+    convs = read_conversations(f"{tmp_path / 'm.parquet'},{tmp_path / 'a.parquet'}")
+    assert [roles(c) for c in convs] == [["user", "assistant"]] * 3
+    assert convs[2].messages[1].content == "tac"
+    assert [line for _, line, _ in read_records(str(tmp_path / "m.parquet"))] == [1, 2]
+
+
+def test_csv(tmp_path):
+    path = tmp_path / "a.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["instruction", "input", "output"])
+        w.writeheader()
+        w.writerow(ALPACA)
+        w.writerow({"instruction": "Multi\nline", "input": "", "output": "ok"})
+    a, b = read_conversations(str(path))
+    assert a.messages[-1].content == "tac" and b.messages[0].content == "Multi\nline"
+    mpath = tmp_path / "m.csv"
+    with mpath.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["messages"])
+        w.writeheader()
+        w.writerow({"messages": json.dumps(OPENAI["messages"])})
+    (m,) = read_conversations(str(mpath))
+    assert m.messages == [Message("user", "Hi"), Message("assistant", "Hello!")]
+
+
+def test_datasets_directory(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list([PROMPT_COMPLETION, PROMPT_COMPLETION]).save_to_disk(str(tmp_path / "ds"))
+    convs = read_conversations(str(tmp_path / "ds"))
+    assert len(convs) == 2 and convs[0].messages[-1].content == " 5"
+
+
+def test_invalid_json_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(OPENAI) + "\n" + json.dumps(OPENAI) + "\n{broken\n")
+    with pytest.raises(DataError, match=r"train\.jsonl:3: invalid JSON"):
+        read_conversations(str(path))
+    bad = tmp_path / "bad.json"
+    bad.write_text('[\n{"text": "a"},\n{"text": }\n]')
+    with pytest.raises(DataError, match=r"bad\.json:3: invalid JSON"):
+        list(read_records(str(bad)))
+
+
+def test_malformed_row_names_file_line_and_field(tmp_path):
+    robot = {"messages": [{"role": "user", "content": "Hi"}, {"role": "robot", "content": "beep"}]}
+    path = write_jsonl(tmp_path / "train.jsonl", [OPENAI] * 6 + [robot])
+    with pytest.raises(DataError, match=r"train\.jsonl:7 field 'messages\[1\]\.role': unknown role 'robot'"):
+        read_conversations(path)
+    no_content = {"messages": [{"role": "user", "content": 3}]}
+    with pytest.raises(DataError, match=r"x\.jsonl:1 field 'messages\[0\]\.content'"):
+        read_conversations(write_jsonl(tmp_path / "x.jsonl", [no_content]))
+    with pytest.raises(DataError, match=r"o\.jsonl:2 field 'output': missing"):
+        read_conversations(write_jsonl(tmp_path / "o.jsonl", [ALPACA, {"instruction": "x"}]))
+
+
+def test_conversation_must_end_with_assistant(tmp_path):
+    row = {"messages": [{"role": "user", "content": "Hi"}]}
+    with pytest.raises(DataError, match=r"u\.jsonl:2: the conversation must end with an assistant turn"):
+        read_conversations(write_jsonl(tmp_path / "u.jsonl", [OPENAI, row]))
+
+
+def test_empty_unknown_and_missing_sources(tmp_path):
+    (tmp_path / "e.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="no records"):
+        read_conversations(str(tmp_path / "e.jsonl"))
+    with pytest.raises(DataError, match="cannot tell the format"):
+        read_conversations(write_jsonl(tmp_path / "k.jsonl", [{"question": "?"}]))
+    with pytest.raises(DataError, match="file not found"):
+        read_conversations(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "a.txt").write_text("hi")
+    with pytest.raises(DataError, match="unknown file type"):
+        read_conversations(str(tmp_path / "a.txt"))
+
+
+def test_shared_t0_sample_reads_as_prompt_completion():
+    path = SHARED / "t0_ag_news_classify_with_choices.jsonl"
+    if not path.exists():
+        pytest.skip("shared data not present")
+    convs = read_conversations(str(path))
+    assert len(convs) > 10 and all(roles(c) == ["user", "assistant"] for c in convs)
+    assert convs[0].messages[1].content.startswith("Business")
