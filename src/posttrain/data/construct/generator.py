@@ -1,0 +1,179 @@
+"""The text generator behind Self-Instruct: a local Hugging Face model or an OpenAI-compatible HTTP endpoint.
+
+    gen = make_generator("out/my-model")                          # a transformers directory
+    gen = make_generator("http://127.0.0.1:8000/v1/completions")  # or /v1/chat/completions, or a base URL
+    gen.complete(["Come up with a series of tasks:\n1."], max_tokens=256, temperature=0.7, top_p=0.5,
+                 stop=["\n\n"], seed=0)[0].text
+
+Both are plain-text completers: a prompt in, a continuation out (cut at the first stop string). HTTP requests go
+through `urllib` with the API key from `OPENAI_API_KEY` when set; a chat endpoint gets the prompt as one user turn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class GeneratorError(RuntimeError):
+    """The generator could not be loaded or reached, or answered with something that is not a completion."""
+
+
+@dataclass
+class Completion:
+    text: str
+    """The continuation, cut before the first stop string."""
+    finished: bool
+    """False when the generator stopped because it hit the token limit (the text may be truncated)."""
+
+
+class Generator(Protocol):
+    def complete(
+        self,
+        prompts: Sequence[str],
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: Sequence[str],
+        seed: int | None,
+    ) -> list[Completion]: ...
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Text before the earliest stop string, and whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class HTTPGenerator:
+    """An OpenAI-compatible server (OpenAI, vLLM, llama.cpp, TGI...): `/v1/completions` or `/v1/chat/completions`."""
+
+    def __init__(self, url: str, model: str | None = None, timeout: float = 120.0, retries: int = 2):
+        url = url.rstrip("/")
+        if not url.endswith("/completions"):
+            url += "/completions" if url.endswith("/v1") else "/v1/completions"
+        self.url = url
+        self.chat = url.endswith("/chat/completions")
+        self.timeout, self.retries = timeout, retries
+        self.api_key = os.environ.get("OPENAI_API_KEY")
+        self.model = model or self._first_model()
+
+    def _request(self, url: str, payload: dict | None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None if payload is None else json.dumps(payload).encode()
+        for attempt in range(self.retries + 1):
+            try:
+                req = urllib.request.Request(
+                    url, data=data, headers=headers, method="GET" if data is None else "POST"
+                )
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read().decode("utf-8"))
+            except urllib.error.HTTPError as e:
+                body = e.read().decode("utf-8", "replace")[:300]
+                if e.code < 500 or attempt == self.retries:
+                    raise GeneratorError(f"{url}: HTTP {e.code}: {body}") from None
+            except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
+                if attempt == self.retries:
+                    raise GeneratorError(f"{url}: {e}") from None
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _first_model(self) -> str:
+        """The server's first model id (`GET /v1/models`), for servers that serve one model."""
+        base = self.url[: self.url.rindex("/v1/") + 3]
+        try:
+            return self._request(base + "/models", None)["data"][0]["id"]
+        except (GeneratorError, KeyError, IndexError, TypeError):
+            raise GeneratorError(
+                f"{base}/models did not list a model; pass the model name (--model)"
+            ) from None
+
+    def complete(self, prompts, max_tokens, temperature, top_p, stop, seed) -> list[Completion]:
+        out = []
+        for i, prompt in enumerate(prompts):
+            payload = {
+                "model": self.model,
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "top_p": top_p,
+                "stop": list(stop)[:4],
+            }
+            if seed is not None:
+                payload["seed"] = seed + i
+            payload.update(
+                {"messages": [{"role": "user", "content": prompt}]} if self.chat else {"prompt": prompt}
+            )
+            resp = self._request(self.url, payload)
+            try:
+                choice = resp["choices"][0]
+                text = choice["message"]["content"] if self.chat else choice["text"]
+            except (KeyError, IndexError, TypeError):
+                raise GeneratorError(
+                    f"{self.url}: no completion in response {json.dumps(resp)[:300]}"
+                ) from None
+            text, hit = cut_at_stop(text or "", stop)
+            out.append(Completion(text, hit or choice.get("finish_reason") != "length"))
+        return out
+
+
+class LocalGenerator:
+    """A transformers causal LM sampled with our rollout engine; prompts are plain text (no chat template)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 8):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    @classmethod
+    def from_dir(
+        cls, path: str, dtype: str = "auto", device: str = "auto", batch_size: int = 8
+    ) -> LocalGenerator:
+        from posttrain.models import load_model, load_tokenizer
+
+        try:
+            return cls(load_model(path, dtype=dtype, device=device), load_tokenizer(path), batch_size)
+        except OSError as e:
+            raise GeneratorError(f"cannot load a model from {path!r}: {e}") from None
+
+    def _encode(self, prompt: str, max_tokens: int) -> list[int]:
+        ids = self.tokenizer(prompt)["input_ids"]
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and len(ids) + max_tokens > limit:  # keep the end of the prompt: that is what gets continued
+            ids = ids[-max(1, limit - max_tokens) :]
+        return ids
+
+    def complete(self, prompts, max_tokens, temperature, top_p, stop, seed) -> list[Completion]:
+        from posttrain.rollout import generate
+
+        ids = [self._encode(p, max_tokens) for p in prompts]
+        ro = generate(
+            self.model,
+            self.tokenizer,
+            ids,
+            max_new_tokens=max_tokens,
+            temperature=max(temperature, 1e-5),
+            top_p=top_p,
+            do_sample=temperature > 0,
+            batch_size=self.batch_size,
+            seed=seed,
+        )
+        out = []
+        for text, done in zip(ro.texts, ro.finished):
+            text, hit = cut_at_stop(text, stop)
+            out.append(Completion(text, hit or done))
+        return out
+
+
+def make_generator(
+    spec: str, model: str | None = None, dtype: str = "auto", device: str = "auto"
+) -> Generator:
+    """An http(s):// URL -> HTTPGenerator (`model` names the served model); anything else -> a local model dir."""
+    if spec.startswith(("http://", "https://")):
+        return HTTPGenerator(spec, model=model)
+    return LocalGenerator.from_dir(spec, dtype=dtype, device=device)

@@ -1,0 +1,259 @@
+"""Instances from existing NLP task datasets (survey Section 5.1.1, "formatting NLP task datasets").
+
+A task spec (YAML) maps a dataset's fields to input/output and lists instruction templates:
+
+    seed: 0
+    tasks:
+      - name: ag_news
+        source: ag_news.jsonl          # a file (relative to the spec) ... or `rows:` inline
+        input: text                    # field names; default prompt/completion when rows have them, else input/output
+        output: label
+        choices: [World, Sports, Business, Sci/Tech]   # or the name of a field holding a list per row
+        templates:                     # task descriptions; {field} placeholders or Jinja ({{ input }})
+          - "Classify the news article into one of: {choices}."
+          - "Which topic is this article about? {choices}\\n\\n{input}"
+        k_shot: [0, 2]                 # demonstrations from the same task (never the instance itself)
+        description: mixed             # true | false | mixed (50/50 per instance)
+
+How one instance is laid out (parts joined by a blank line) -- the survey's Figure 5:
+  * a template with no {input} is a pure task description: [description] + demonstrations + [input_format];
+  * a template that contains {input} is the whole query: demonstrations + [template];
+  * without the description (description: false): demonstrations + [input_format].
+Each demonstration is `demo_format` ("{input}\\n{output}"). With a `cot` field, every output (the instance's and the
+demonstrations') is `cot_format` ("{cot}\\nSo the answer is: {output}") where the rationale is non-empty.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from posttrain.data.construct.io import read_rows
+from posttrain.data.schema import Conversation, DataError, Message, where
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_USES_INPUT = re.compile(r"\{input\}|\{\{\s*input\b")
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    """Task name, written to meta.task."""
+    source: str | None = None
+    """A data file (jsonl/json/csv/parquet), relative to the spec file; or give `rows`."""
+    rows: list[dict[str, Any]] | None = None
+    """Inline rows instead of a file."""
+    input: str | None = None
+    """Field holding the input; default `prompt` when rows have it, else `input`."""
+    output: str | None = None
+    """Field holding the output; default `completion` when rows have it, else `output`."""
+    choices: list[str] | str | None = None
+    """Label set: a fixed list, or the name of a field holding each row's list. Available as {choices}."""
+    cot: str | None = None
+    """Field holding a chain-of-thought rationale; output becomes `cot_format` where it is non-empty."""
+    templates: list[str] = field(default_factory=lambda: ["{input}"])
+    """Instruction templates (task descriptions); one is drawn per instance."""
+    input_format: str = "{input}"
+    """How the instance's input is shown after a description that does not contain {input}."""
+    demo_format: str = "{input}\n{output}"
+    """How one demonstration is shown."""
+    cot_format: str = "{cot}\nSo the answer is: {output}"
+    """Output with its rationale."""
+    k_shot: int | list[int] = 0
+    """Demonstrations per instance, or a list to draw from per instance (e.g. [0, 2])."""
+    description: bool | str = True
+    """Show the task description: true | false | mixed."""
+    strip_suffix: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
+    """Strings removed from the end of outputs (T0/P3 completions end in <|endoftext|>)."""
+    max_rows: int | None = None
+    """Use only the first N rows."""
+
+
+@dataclass
+class Row:
+    input: str
+    output: str
+    choices: list[str]
+    cot: str
+    fields: dict[str, Any]
+
+
+def load_spec(path: str) -> tuple[list[TaskSpec], int]:
+    """Parse a task spec file into TaskSpecs (unknown keys are errors) and its seed."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
+        raise DataError(f"{where(path, None, 'tasks')}: expected a mapping with a list of tasks")
+    unknown = set(doc) - {"seed", "tasks"}
+    if unknown:
+        raise DataError(f"{where(path, None, sorted(unknown)[0])}: unknown key (expected seed, tasks)")
+    known = {f.name for f in fields(TaskSpec)}
+    specs = []
+    for i, t in enumerate(doc["tasks"]):
+        if not isinstance(t, dict) or "name" not in t:
+            raise DataError(f"{where(path, None, f'tasks[{i}]')}: expected a mapping with a name")
+        bad = sorted(set(t) - known)
+        if bad:
+            raise DataError(
+                f"{where(path, None, f'tasks[{i}].{bad[0]}')}: unknown key (expected {sorted(known)})"
+            )
+        spec = TaskSpec(**t)
+        if (
+            not isinstance(spec.templates, list)
+            or not spec.templates
+            or not all(isinstance(x, str) for x in spec.templates)
+        ):
+            raise DataError(
+                f"{where(path, None, f'tasks[{i}].templates')}: expected a non-empty list of strings"
+            )
+        if spec.source and not Path(spec.source).is_absolute():
+            spec.source = str(Path(path).parent / spec.source)
+        if (spec.source is None) == (spec.rows is None):
+            raise DataError(f"{where(path, None, f'tasks[{i}]')}: give exactly one of source, rows")
+        if spec.description not in (True, False, "mixed"):
+            raise DataError(f"{where(path, None, f'tasks[{i}].description')}: expected true, false or mixed")
+        specs.append(spec)
+    return specs, int(doc.get("seed", 0))
+
+
+def _text(obj: dict, key: str, path, line, fld_prefix: str) -> str:
+    value = obj.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise DataError(f"{where(path, line, fld_prefix + key)}: expected a string, got {value!r}")
+    return value
+
+
+def read_task_rows(spec: TaskSpec, spec_path: str | None = None) -> list[Row]:
+    """The task's rows as (input, output, choices, cot); missing or non-string fields raise file:line errors."""
+    if spec.rows is not None:
+        records = [(spec_path or "<spec>", None, r, f"rows[{j}].") for j, r in enumerate(spec.rows)]
+    else:
+        records = [(p, n, r, "") for p, n, r in read_rows(spec.source)]
+    records = records[: spec.max_rows] if spec.max_rows else records
+    rows = []
+    for path, line, rec, prefix in records:
+        if not isinstance(rec, dict):
+            raise DataError(f"{where(path, line, prefix.rstrip('.'))}: expected an object")
+        in_key = spec.input or ("prompt" if "prompt" in rec else "input")
+        out_key = spec.output or ("completion" if "prompt" in rec else "output")
+        output = _text(rec, out_key, path, line, prefix).strip()
+        for suffix in spec.strip_suffix:
+            if suffix and output.endswith(suffix):
+                output = output[: -len(suffix)].rstrip()
+        choices = (
+            spec.choices if isinstance(spec.choices, list) else rec.get(spec.choices) if spec.choices else []
+        )
+        if not isinstance(choices, list):
+            raise DataError(f"{where(path, line, prefix + str(spec.choices))}: expected a list of choices")
+        cot = _text(rec, spec.cot, path, line, prefix).strip() if spec.cot and rec.get(spec.cot) else ""
+        rows.append(
+            Row(_text(rec, in_key, path, line, prefix).strip(), output, [str(c) for c in choices], cot, rec)
+        )
+    return rows
+
+
+def fill(template: str, values: dict[str, Any]) -> str:
+    """Jinja when the template has {{ or {%, else {name} placeholders (other braces are left alone)."""
+    if "{{" in template or "{%" in template:
+        import jinja2
+
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        try:
+            return env.from_string(template).render(**values)
+        except jinja2.UndefinedError as e:
+            raise DataError(f"template {template[:40]!r}: {e}") from None
+
+    def sub(m: re.Match) -> str:
+        if m.group(1) not in values:
+            raise DataError(
+                f"template {template[:40]!r}: unknown placeholder {{{m.group(1)}}} "
+                f"(known: {', '.join(sorted(values))})"
+            )
+        return str(values[m.group(1)])
+
+    return _PLACEHOLDER.sub(sub, template)
+
+
+def _values(row: Row, spec: TaskSpec) -> dict[str, Any]:
+    output = fill(spec.cot_format, {"cot": row.cot, "output": row.output}) if row.cot else row.output
+    base = {k: v for k, v in row.fields.items() if isinstance(v, (str, int, float))}
+    return {
+        **base,
+        "input": row.input,
+        "output": output,
+        "answer": row.output,
+        "cot": row.cot,
+        "choices": ", ".join(row.choices),
+        "choices_list": row.choices,
+    }
+
+
+def render_instance(
+    spec: TaskSpec, rows: list[Row], i: int, template_idx: int, show_description: bool, demo_idx: list[int]
+) -> tuple[str, str]:
+    """(user prompt, assistant reply) of row i with the given template, description choice and demonstrations."""
+    values = _values(rows[i], spec)
+    template = spec.templates[template_idx]
+    demos = [fill(spec.demo_format, _values(rows[j], spec)) for j in demo_idx]
+    if not show_description:
+        parts = demos + [fill(spec.input_format, values)]
+    elif _USES_INPUT.search(template):
+        parts = demos + [fill(template, values)]
+    else:
+        parts = [fill(template, values)] + demos + [fill(spec.input_format, values)]
+    return "\n\n".join(p.strip() for p in parts if p.strip()), values["output"]
+
+
+def build_task(spec: TaskSpec, rows: list[Row], seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One instance per row with a drawn template, description choice and k demonstrations; plus counts."""
+    rng = random.Random(f"{seed}:{spec.name}")
+    shots = spec.k_shot if isinstance(spec.k_shot, list) else [spec.k_shot]
+    out, counts = [], Counter()
+    for i in range(len(rows)):
+        t = rng.randrange(len(spec.templates))
+        show = spec.description if spec.description != "mixed" else rng.random() < 0.5
+        k = min(rng.choice(shots), len(rows) - 1)
+        demo_idx = [j + (j >= i) for j in rng.sample(range(len(rows) - 1), k)]  # skip row i itself
+        if not rows[i].output:
+            counts["skipped_empty_output"] += 1
+            continue
+        user, reply = render_instance(spec, rows, i, t, bool(show), demo_idx)
+        meta = {
+            "source": "tasks",
+            "task": spec.name,
+            "template": t,
+            "k_shot": k,
+            "description": bool(show),
+            "cot": bool(rows[i].cot),
+        }
+        out.append(Conversation([Message("user", user), Message("assistant", reply)], meta).to_dict())
+        counts[f"template_{t}"] += 1
+        counts[f"k_shot_{k}"] += 1
+        counts["with_description" if show else "without_description"] += 1
+        counts["with_cot"] += bool(rows[i].cot)
+    return out, {"rows": len(rows), "instances": len(out), **dict(sorted(counts.items()))}
+
+
+def build_from_spec(specs: list[TaskSpec], seed: int, spec_path: str | None = None):
+    """All tasks' instances (in spec order) and per-task counts."""
+    records, per_task = [], {}
+    for spec in specs:
+        recs, counts = build_task(spec, read_task_rows(spec, spec_path), seed)
+        records += recs
+        per_task[spec.name] = counts
+    return records, {"tasks": per_task}
+
+
+def spec_for_file(path: str) -> TaskSpec:
+    """A prompt/completion (or input/output) file as a task of its own, named after the file."""
+    return TaskSpec(name=Path(path).name.split(".")[0], source=path)

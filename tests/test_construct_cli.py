@@ -1,0 +1,112 @@
+"""`posttrain data ...` end to end: outputs, OUT.stats.json, mixing with a pinned rate, stats, error exits."""
+
+import json
+
+from posttrain.cli import main as posttrain
+from posttrain.data.cli import main as data_main
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_identity_safety_mix_stats(tmp_path, capsys):
+    ident, safe, chat, mix = (tmp_path / f"{n}.jsonl" for n in ("identity", "safety", "chat", "mix"))
+    assert (
+        posttrain(["data", "identity", "--name", "Ada", "--maker", "Acme", "--n", "40", "--out", str(ident)])
+        == 0
+    )
+    assert data_main(["safety", "--n", "30", "--out", str(safe)]) == 0
+    chat.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"q{i}"},
+                        {"role": "assistant", "content": f"a{i}"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(120)
+        )
+    )
+    stats = json.loads((tmp_path / "identity.stats.json").read_text())
+    assert stats["command"] == "identity" and stats["summary"]["records"] == 40 and stats["name"] == "Ada"
+    assert len(_lines(ident)) == 40
+    rc = data_main(
+        [
+            "mix",
+            "--source",
+            str(chat),
+            "--source",
+            str(ident),
+            "--strategy",
+            "proportional",
+            "--rate",
+            f"{safe}:0.1",
+            "--total",
+            "2000",
+            "--seed",
+            "3",
+            "--out",
+            str(mix),
+        ]
+    )
+    assert rc == 0
+    rep = json.loads((tmp_path / "mix.stats.json").read_text())
+    src = rep["sources"]
+    assert src["chat"]["rate"] == 0.675 and src["identity"]["rate"] == 0.225 and src["safety"]["rate"] == 0.1
+    assert abs(src["safety"]["proportion"] - 0.1) < 0.025 and sum(s["drawn"] for s in src.values()) == 2000
+    assert rep["summary"]["mix_proportions"]["safety"] == src["safety"]["proportion"]
+    capsys.readouterr()
+    assert data_main(["stats", str(mix)]) == 0
+    out = capsys.readouterr().out
+    assert "mix proportions:" in out and "█" in out and "length (words):" in out and "records: 2000" in out
+
+
+def test_from_tasks_filter_and_errors(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "tasks:\n  - name: copy\n    rows: [{input: 'hello there friend', output: 'hello there friend'},"
+        " {input: 'a question', output: 'a real answer'}]\n"
+    )
+    out = tmp_path / "t.jsonl"
+    assert data_main(["from-tasks", "--spec", str(spec), "--out", str(out)]) == 0
+    assert len(_lines(out)) == 2
+    clean = tmp_path / "t.clean.jsonl"
+    assert data_main(["filter", "--in", str(out), "--out", str(clean)]) == 0
+    assert [r["messages"][1]["content"] for r in _lines(clean)] == ["a real answer"]
+    assert json.loads((tmp_path / "t.clean.stats.json").read_text())["copied_input"] == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n{oops\n'
+    )
+    capsys.readouterr()
+    assert data_main(["from-chat", "--in", str(bad), "--out", str(tmp_path / "c.jsonl")]) == 2
+    assert "bad.jsonl:2: invalid JSON" in capsys.readouterr().err
+
+
+def test_stats_with_tokenizer_counts_tokens(tmp_path, capsys):
+    from posttrain.data.construct.stats import summarise
+    from posttrain.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.save_pretrained(tmp_path / "tok")
+    data = tmp_path / "d.jsonl"
+    rec = {
+        "messages": [
+            {"role": "user", "content": "Hello world!"},
+            {"role": "assistant", "content": "The answer is 5."},
+        ],
+        "meta": {"source": "s", "task": "t"},
+    }
+    data.write_text(json.dumps(rec) + "\n")
+    n_tokens = len(tok("Hello world!\nThe answer is 5.", add_special_tokens=False)["input_ids"])
+    summary = summarise([rec], tok)
+    assert summary["length_unit"] == "tokens" and summary["mean_length"] == n_tokens
+    assert summarise([rec])["mean_length"] == 6  # words
+    capsys.readouterr()
+    assert data_main(["stats", str(data), "--tokenizer", str(tmp_path / "tok"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mean_length"] == n_tokens
+    assert data_main(["stats", str(data), "--tokenizer", str(tmp_path / "missing")]) == 2
