@@ -1,0 +1,62 @@
+"""`posttrain eval --config eval.yaml key=value ... [--compare name=dir[:adapter] ...]`
+
+    posttrain eval model=runs/base adapter=runs/sft/final likelihood.data=heldout.jsonl accuracy.data=tasks.jsonl
+    posttrain eval --config eval.yaml --compare base=runs/base --compare dpo=runs/base:runs/dpo/final
+    posttrain eval accuracy.predictions=preds.jsonl          # score given predictions, no model
+
+Writes report.json, report.md and comparison plots to `output_dir` and prints the headline numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from posttrain.config import ConfigError, load_config
+from posttrain.data.schema import DataError
+from posttrain.eval.config import EvalConfig, ModelSpec
+from posttrain.eval.report import write_report
+from posttrain.eval.run import evaluate
+
+__all__ = ["EvalConfig", "ModelSpec", "main", "parse_compare"]
+
+
+def parse_compare(text: str) -> ModelSpec:
+    """'name=dir[:adapter]' (or just 'dir[:adapter]') -> ModelSpec."""
+    name, _, rest = text.partition("=") if "=" in text else ("", "", text)
+    model, _, adapter = rest.partition(":")
+    if not model:
+        raise ConfigError(f"--compare {text!r}: expected name=model_dir[:adapter_dir]")
+    return ModelSpec(name, model, adapter or None)
+
+
+def _summary(results: dict) -> str:
+    lines = []
+    for section, by_model in results["metrics"].items():
+        for name, metrics in by_model.items():
+            nums = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            lines.append(f"{section:<11} {name:<16} {nums}")
+    for w in results["win_rates"]:
+        lines.append(f"win rate    {w['a']} vs {w['b']}: {w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}]")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="posttrain eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of EvalConfig keys")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=DIR[:ADAPTER]",
+                        help="another model to evaluate side by side (repeatable)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. likelihood.data=heldout.jsonl")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(EvalConfig, args.config, args.overrides)
+        cfg.compare = [*cfg.compare, *(parse_compare(c) for c in args.compare)]
+        results = evaluate(cfg)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
+        print(f"posttrain eval: {e}", file=sys.stderr)
+        return 2
+    paths = write_report(results, cfg.output_dir, cfg.plots)
+    print(_summary(results))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

@@ -1,0 +1,158 @@
+"""Evaluation inputs: rows of a prompt, a reference answer and a task name, from the formats people already have.
+
+    rows = read_eval_rows("heldout.jsonl")           # EvalRow(prompt, references, task, prediction, meta)
+
+One JSON object per record, any of:
+
+    {"messages": [..., {"role": "assistant", "content": "ref"}], "meta": {"task": "add"}}   # last reply = reference
+    {"prompt": "2+3?", "reference": "5"}             # also `instruction` (+ `input`), `answer`, `output`, `completion`
+    {"instruction": "...", "instances": [{"input": "...", "output": "..."}], "name": "task"}  # Self-Instruct seeds
+    {"prompt": "...", "reference": ["5", "five"]}    # several acceptable answers: the best match counts
+    {"prompt": "...", "reference": "5", "prediction": "5"}   # a predictions file: scored without a model
+    {"prompt": ..., "chosen": ..., "rejected": ...}  # preference pairs, hh-rlhf transcripts, rankings: the prompt,
+                                                     # with the preferred reply as the reference
+
+Records come from `posttrain.data.readers.read_records` (json, jsonl, parquet, csv, Hub names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from posttrain.data.schema import DataError, Message, messages_from, where
+
+REFERENCE_KEYS = ("reference", "references", "answer", "output", "completion")
+"""Record keys read as the reference answer, first match wins."""
+
+END_MARKERS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "</s>", "<end_of_turn>")
+"""End-of-text markers some datasets leave at the end of a reference; stripped before scoring."""
+
+DEFAULT_TASK = "all"
+"""Task name of rows whose record names none."""
+
+
+@dataclass
+class EvalRow:
+    prompt: list[Message]
+    """The conversation up to the reply the model should write."""
+    references: list[str] = field(default_factory=list)
+    """Acceptable answers (empty: no reference; accuracy metrics skip the row)."""
+    task: str = DEFAULT_TASK
+    """Task name for per-task results (`meta.task`, `task`, or Self-Instruct `name`)."""
+    prediction: str | None = None
+    """A given prediction (predictions files) instead of a generated one."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """The record's free-form meta."""
+
+
+def read_records(source: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """(path, line, record) for every record of `source` (json, jsonl, parquet, csv, comma-separated, Hub names)."""
+    from posttrain.data.readers import read_records as _read
+
+    yield from _read(source)
+
+
+def _clean_reference(text: str) -> str:
+    text = text.strip()
+    for marker in END_MARKERS:
+        if text.endswith(marker):
+            text = text[: -len(marker)].rstrip()
+    return text
+
+
+def _references(value: Any, path: str, line: int, fld: str) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str) for v in values):
+        raise DataError(f"{where(path, line, fld)}: expected a string or a list of strings, got {value!r}")
+    return [_clean_reference(v) for v in values]
+
+
+def _prompt_text(rec: dict[str, Any], path: str, line: int) -> Any:
+    if "prompt" in rec:
+        return rec["prompt"]
+    instruction, extra = rec["instruction"], rec.get("input") or ""
+    if not isinstance(instruction, str) or not isinstance(extra, str):
+        raise DataError(f"{where(path, line, 'instruction')}: expected strings in instruction and input")
+    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
+
+
+def _task(rec: dict[str, Any]) -> str:
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    for value in (meta.get("task"), rec.get("task"), rec.get("name")):
+        if isinstance(value, str) and value:
+            return value
+    return DEFAULT_TASK
+
+
+def _from_preference(rec: dict[str, Any], path: str, line: int) -> tuple[list[Message], list[str]]:
+    """A preference pair / hh-rlhf transcript / ranking: its prompt, with the preferred reply as the reference."""
+    from posttrain.data.preference import parse_record
+    from posttrain.data.schema import Ranking
+
+    item = parse_record(rec, "auto", path, line)
+    if isinstance(item, Ranking):
+        return item.prompt, [item.responses[item.ranking[0]]]
+    replies = [m.content for m in item.chosen if m.role == "assistant"]
+    return item.prompt, [_clean_reference(replies[-1])] if replies else []
+
+
+def parse_eval_row(rec: dict[str, Any], path: str = "<data>", line: int = 0,
+                   system_prompt: str | None = None) -> EvalRow:
+    """One record -> EvalRow; a record with neither messages nor prompt/instruction is a DataError."""
+    references: list[str] = []
+    if "chosen" in rec or "ranking" in rec:
+        prompt, references = _from_preference(rec, path, line)
+    elif "messages" in rec:
+        prompt = messages_from(rec["messages"], path, line, "messages")
+        if prompt and prompt[-1].role == "assistant":
+            references, prompt = [_clean_reference(prompt[-1].content)], prompt[:-1]
+    elif "prompt" in rec or "instruction" in rec:
+        prompt = messages_from(_prompt_text(rec, path, line), path, line, "prompt")
+    else:
+        raise DataError(f"{where(path, line)}: expected a 'messages', 'prompt' or 'instruction' field")
+    if not prompt or prompt[-1].role == "assistant":
+        raise DataError(f"{where(path, line, 'messages')}: the prompt must end with a user (or system) message")
+    key = next((k for k in REFERENCE_KEYS if k in rec), None)
+    if key is not None:
+        references = _references(rec[key], path, line, key)
+    prediction = rec.get("prediction")
+    if prediction is not None and not isinstance(prediction, str):
+        raise DataError(f"{where(path, line, 'prediction')}: expected a string, got {prediction!r}")
+    if system_prompt and prompt[0].role != "system":
+        prompt = [Message("system", system_prompt), *prompt]
+    meta = rec["meta"] if isinstance(rec.get("meta"), dict) else {}
+    return EvalRow(prompt, references, _task(rec), prediction, meta)
+
+
+def _expand_instances(rec: dict[str, Any], path: str, line: int) -> list[dict[str, Any]]:
+    """A Self-Instruct seed task -> one plain record per instance."""
+    instances = rec["instances"]
+    if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
+        raise DataError(f"{where(path, line, 'instances')}: expected a list of {{input, output}} objects")
+    base = {k: v for k, v in rec.items() if k != "instances"}
+    return [{**base, "input": i.get("input") or "", "output": i.get("output", "")} for i in instances]
+
+
+def read_eval_rows(source: str, system_prompt: str | None = None) -> list[EvalRow]:
+    """Every record of `source` as EvalRows (Self-Instruct records give one row per instance)."""
+    rows = []
+    for path, line, rec in read_records(source):
+        recs = _expand_instances(rec, path, line) if "instances" in rec else [rec]
+        rows += [parse_eval_row(r, path, line, system_prompt) for r in recs]
+    if not rows:
+        raise DataError(f"{source}: no records")
+    return rows
+
+
+def read_prompts(source: str, system_prompt: str | None = None) -> list[list[Message]]:
+    """Just the prompts of `source` (safety and preference files need no references)."""
+    return [row.prompt for row in read_eval_rows(source, system_prompt)]
+
+
+def read_conversations(source: str, system_prompt: str | None = None) -> list:
+    """Whole conversations (any SFT format `posttrain.data.readers` detects) for the likelihood evaluation."""
+    from posttrain.data.readers import read_conversations as _read
+
+    return _read(source, "auto", system_prompt)

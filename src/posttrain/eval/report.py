@@ -1,0 +1,154 @@
+"""The evaluation report: `report.json` (everything), `report.md` (tables + sample generations), PNG comparison plots.
+
+    write_report(results, "runs/eval")        # -> [report.json, report.md, plot_likelihood.png, ...]
+
+`results` is what `posttrain.eval.cli.evaluate` returns:
+
+    {"models": ["base", "sft"],
+     "metrics": {"likelihood": {"base": {"loss": 2.3, "perplexity": 9.9}, "sft": {...}}, "accuracy": {...}, ...},
+     "per_task": {"sft": {"add": {"exact": 1.0, "n": 4}, ...}},
+     "win_rates": [{"a": "sft", "b": "base", "win_rate": .6, "ci_low": .5, "ci_high": .7, "n": 40}],
+     "samples": {"accuracy": [{"prompt": "...", "reference": "...", "base": "...", "sft": "..."}]},
+     "config": {...}}
+
+Plots are drawn where a comparison is shown: one grouped bar chart per section when there are several models, and
+win rates with their bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SAMPLE_CHARS = 300
+"""Longest text shown in a cell of the sample tables (the JSON keeps everything)."""
+
+_MD_SPECIAL = "\\`*_[]<>|#"
+
+
+def escape_md(text: Any, limit: int = SAMPLE_CHARS) -> str:
+    """Text safe inside a markdown table cell: specials backslash-escaped, newlines as <br>, cut at `limit`."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    text = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in text)
+    return text.replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return escape_md(value)
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table; header cells escaped, values formatted (floats to 4 significant digits)."""
+    lines = ["| " + " | ".join(escape_md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _metric_table(by_model: dict[str, dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for m in by_model.values() for k in m))
+    return table(["model", *keys], [[name, *(m.get(k, "") for k in keys)] for name, m in by_model.items()])
+
+
+def _per_task_section(per_task: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    out = []
+    for name, tasks in per_task.items():
+        keys = list(dict.fromkeys(k for t in tasks.values() for k in t))
+        out += [f"### Accuracy per task: {escape_md(name)}", "",
+                table(["task", *keys], [[task, *(v.get(k, "") for k in keys)] for task, v in tasks.items()]), ""]
+    return out
+
+
+def _win_rate_table(win_rates: list[dict[str, Any]]) -> str:
+    header = ["A", "B", "win rate of A", "95% CI", "n", "wins", "ties", "losses"]
+    rows = [[w["a"], w["b"], w["win_rate"], f"[{w['ci_low']:.3f}, {w['ci_high']:.3f}]", w["n"], w["wins"], w["ties"],
+             w["losses"]] for w in win_rates]
+    return table(header, rows)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The whole report as markdown."""
+    out = ["# Evaluation report", "", "Models: " + ", ".join(f"`{escape_md(m)}`" for m in results["models"]), ""]
+    for section, by_model in results["metrics"].items():
+        out += [f"## {section.capitalize()}", "", _metric_table(by_model), ""]
+        if section == "accuracy" and results.get("per_task"):
+            out += _per_task_section(results["per_task"])
+    if results.get("win_rates"):
+        out += ["## Win rates (reward model judge, ties count 0.5)", "", _win_rate_table(results["win_rates"]), ""]
+    for section, samples in results.get("samples", {}).items():
+        if samples:
+            cols = list(dict.fromkeys(k for s in samples for k in s))
+            out += [f"## Sample generations: {section}", "",
+                    table(cols, [[s.get(c, "") for c in cols] for s in samples]), ""]
+    return "\n".join(out)
+
+
+def _bar_plot(section: str, by_model: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in dict.fromkeys(k for m in by_model.values() for k in m)
+            if all(isinstance(m.get(k), float) for m in by_model.values())]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        names = list(by_model)
+        ax.bar(range(len(names)), [by_model[n][key] for n in names], color=[f"C{i}" for i in range(len(names))])
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(key)
+    fig.suptitle(section)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _win_rate_plot(win_rates: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{w['a']} vs {w['b']}" for w in win_rates]
+    rates = [w["win_rate"] for w in win_rates]
+    err = [[r - w["ci_low"] for r, w in zip(rates, win_rates)], [w["ci_high"] - r for r, w in zip(rates, win_rates)]]
+    fig, ax = plt.subplots(figsize=(5, 0.6 * len(labels) + 1.5))
+    ax.barh(range(len(labels)), rates, xerr=err, capsize=4, color="C0")
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("win rate (95% bootstrap CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    written = []
+    for section, by_model in results["metrics"].items():
+        if len(by_model) > 1:
+            written.append(out_dir / f"plot_{section}.png")
+            _bar_plot(section, by_model, written[-1])
+    if results.get("win_rates"):
+        written.append(out_dir / "plot_win_rates.png")
+        _win_rate_plot(results["win_rates"], written[-1])
+    return written
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path, plots: bool = True) -> list[Path]:
+    """Write report.json, report.md and (with `plots`) the comparison PNGs; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    (out / "report.md").write_text(render_markdown(results) + "\n", encoding="utf-8")
+    written = [out / "report.json", out / "report.md"]
+    return written + (write_plots(results, out) if plots else [])
