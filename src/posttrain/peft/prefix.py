@@ -1,0 +1,72 @@
+"""Prefix tuning (Li & Liang 2021): trainable keys and values prepended at every layer.
+
+The prefix is one tensor of shape (n, 2 * layers * kv_heads * head_dim), laid out like PEFT's
+`prompt_embeddings` (per token: layer 0 keys, layer 0 values, layer 1 keys, ...; each kv_heads x head_dim, so
+it is right under GQA). With `projection`, it is computed by an MLP from an (n, hidden) embedding while
+training, as PEFT's `prefix_projection` does; the MLP is dropped at save time and the computed prefix is saved
+instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from posttrain.peft.base import trunk_of
+from posttrain.peft.config import PrefixConfig
+from posttrain.peft.virtual import VirtualTokens, kv_shape
+
+
+class PrefixEncoder(nn.Module):
+    def __init__(self, config, cfg: PrefixConfig, like: torch.Tensor) -> None:
+        super().__init__()
+        self.num_virtual_tokens = cfg.num_virtual_tokens
+        self.layers, self.kv_heads, self.head_dim = kv_shape(config)
+        out = 2 * self.layers * self.kv_heads * self.head_dim
+        kw = dict(device=like.device, dtype=torch.float32)
+        if cfg.projection:
+            hidden = config.get_text_config().hidden_size
+            self.embedding = nn.Parameter(torch.randn(cfg.num_virtual_tokens, hidden, **kw))
+            self.transform = nn.Sequential(
+                nn.Linear(hidden, cfg.projection_hidden, **kw),
+                nn.Tanh(),
+                nn.Linear(cfg.projection_hidden, out, **kw),
+            )
+        else:
+            self.embedding = nn.Parameter(torch.randn(cfg.num_virtual_tokens, out, **kw))
+            self.transform = None
+
+    def flat(self) -> torch.Tensor:
+        """(n, 2 * layers * kv_heads * head_dim): what PEFT saves as `prompt_embeddings`."""
+        return self.embedding if self.transform is None else self.transform(self.embedding)
+
+    def kv(self, trunk: nn.Module, cache_arg: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.num_virtual_tokens
+        x = (
+            self.flat().view(n, 2 * self.layers, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)
+        )  # (2L, H, n, D)
+        return [(x[2 * i].unsqueeze(0), x[2 * i + 1].unsqueeze(0)) for i in range(self.layers)]
+
+    @torch.no_grad()
+    def load_flat(self, flat: torch.Tensor) -> None:
+        """Load a saved (computed) prefix; the projection MLP, if any, is dropped."""
+        self.transform = None
+        self.embedding = nn.Parameter(flat.to(self.embedding.device, torch.float32).clone())
+
+
+def virtual_tokens(model: nn.Module, method: str) -> VirtualTokens:
+    """The VirtualTokens holder of the model's trunk, created (and the hook registered) on first use."""
+    trunk = trunk_of(model)
+    holder = getattr(trunk, "virtual_tokens", None)
+    if holder is None:
+        holder = VirtualTokens(trunk, method)
+        trunk.virtual_tokens = holder
+    elif holder.method != method:
+        raise ValueError(f"this model already has {holder.method} adapters; cannot add {method} ones")
+    return holder
+
+
+def inject(model: nn.Module, cfg: PrefixConfig, name: str) -> int:
+    holder = virtual_tokens(model, "prefix")
+    holder.encoders[name] = PrefixEncoder(model.config, cfg, next(model.parameters()))
+    return 1

@@ -1,0 +1,57 @@
+"""Prompt tuning (Lester et al. 2021): n trainable soft tokens in front of every input.
+
+Mathematically the model sees `cat(soft, embed(input_ids))`. Instead of changing the inputs (which would shift
+logits and labels by n for every caller), the soft tokens are run through the frozen trunk once per forward,
+at positions 0..n-1, and their keys/values become a prefix cache that the real tokens (at positions n, n+1,
+...) attend to (see `virtual.py`). Same numbers, outputs stay aligned with input_ids, and generation with a KV
+cache keeps the soft prompt on every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from posttrain.peft.config import PromptConfig
+from posttrain.peft.prefix import virtual_tokens
+from posttrain.peft.virtual import RecordingCache, kv_shape
+
+
+class SoftPrompt(nn.Module):
+    def __init__(self, init: torch.Tensor) -> None:
+        super().__init__()
+        self.num_virtual_tokens = init.shape[0]
+        self.embedding = nn.Parameter(init.detach().clone().float())  # (n, hidden)
+
+    def kv(self, trunk: nn.Module, cache_arg: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.num_virtual_tokens
+        cache = RecordingCache(kv_shape(trunk.config)[0])
+        embeds = self.embedding.to(trunk.get_input_embeddings().weight.dtype).unsqueeze(0)  # (1, n, hidden)
+        positions = torch.arange(n, device=embeds.device).unsqueeze(0)
+        trunk(inputs_embeds=embeds, position_ids=positions, use_cache=True, **{cache_arg: cache})
+        return cache.kv()
+
+
+def initial_embeddings(model: nn.Module, cfg: PromptConfig, tokenizer=None, seed: int = 0) -> torch.Tensor:
+    """(n, hidden): the init text's token embeddings repeated/cut to n, or random rows of the vocabulary."""
+    table = model.get_input_embeddings().weight
+    n = cfg.num_virtual_tokens
+    if cfg.init_text:
+        if tokenizer is None:
+            raise ValueError(
+                "peft.prompt.init_text needs the tokenizer: apply_peft(model, cfg, tokenizer=tok)"
+            )
+        ids = tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"peft.prompt.init_text {cfg.init_text!r} encodes to no tokens")
+        ids = (ids * (n // len(ids) + 1))[:n]
+    else:
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, table.shape[0], (n,), generator=g).tolist()
+    return table[torch.tensor(ids, device=table.device)].detach()
+
+
+def inject(model: nn.Module, cfg: PromptConfig, name: str, tokenizer=None) -> int:
+    holder = virtual_tokens(model, "prompt")
+    holder.encoders[name] = SoftPrompt(initial_embeddings(model, cfg, tokenizer))
+    return 1
