@@ -1,0 +1,311 @@
+"""PPO for RLHF (Ouyang et al. 2022; Ziegler et al. 2019): small pure functions, the value model, the objective.
+
+Shapes: B rows, R response tokens. Every per-token tensor is *response-aligned*: column j is about response token j
+(its log-probability given everything before it, the value of the state just before it, ...). `mask` (B, R) is True
+on real response tokens (a prefix of each row).
+
+    rewards, kl = kl_penalised_rewards(scores, logp, ref_logp, mask, kl_coef)   # reward at the last token
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    pg, clipfrac, approx_kl = policy_loss(new_logp, logp, whiten(adv, mask), mask, cliprange)
+    vf, vf_clipfrac = value_loss(new_values, values, ret, mask, cliprange_value)
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+# --------------------------------------------------------------------------------------------------------------
+# pure functions
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token) under softmax(logits / T). (B, R, V), (B, R) -> (B, R) float32."""
+    logits = logits.float() / temperature
+    return logits.gather(-1, tokens[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / T) per position. (B, R, V) -> (B, R)."""
+    logp = (logits.float() / temperature).log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (population std); with shift_mean=False the mean is added back."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_penalised_rewards(
+    scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards -kl_coef * (logp - ref_logp), plus the sequence score at each row's last real token.
+
+    scores (B,), the rest (B, R) -> (rewards (B, R), kl (B, R)); kl is the k1 estimator, 0 off the mask.
+    """
+    mask = mask.to(logp.dtype)
+    kl = (logp - ref_logp) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,)
+    rewards = rewards.scatter_add(1, last[:, None], scores.to(rewards.dtype)[:, None])
+    return rewards * mask, kl
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the response (the value after the last real token is 0).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1};  returns = A + V.
+    (B, R) x3 -> (advantages (B, R), returns (B, R)), both 0 off the mask.
+    """
+    mask = mask.to(values.dtype)
+    B, R = rewards.shape
+    advantages = torch.zeros_like(values)
+    next_adv = torch.zeros(B, dtype=values.dtype, device=values.device)
+    next_value = torch.zeros_like(next_adv)
+    for t in reversed(range(R)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        next_value = values[:, t] * mask[:, t]
+        advantages[:, t] = next_adv
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate, *summed* over masked tokens: max(-A r, -A clip(r, 1-eps, 1+eps)), r = exp(logp - old).
+
+    Returns (loss_sum, clipped-token count, approx-KL sum with 0.5 * (logp - old)^2), all scalars.
+    """
+    mask = mask.to(logp.dtype)
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
+    loss = torch.maximum(unclipped, clipped)
+    clipfrac = (clipped > unclipped).to(logp.dtype)
+    return (loss * mask).sum(), (clipfrac * mask).sum().detach(), (0.5 * log_ratio**2 * mask).sum().detach()
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss summed over masked tokens: 0.5 * max((V - R)^2, (V_clip - R)^2),
+    V_clip = old + clip(V - old, -c, c). Returns (loss_sum, clipped-token count)."""
+    mask = mask.to(values.dtype)
+    clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    a, b = (values - returns) ** 2, (clipped_values - returns) ** 2
+    loss = 0.5 * torch.maximum(a, b)
+    return (loss * mask).sum(), ((b > a).to(values.dtype) * mask).sum().detach()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# KL coefficient controllers
+
+
+@dataclass
+class FixedKL:
+    value: float
+    """The KL penalty coefficient (never changes)."""
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+
+@dataclass
+class AdaptiveKL:
+    """Ziegler et al. (2019): beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon."""
+
+    value: float
+    """Current coefficient (starts at the configured kl_coef)."""
+    target: float
+    """KL (nats per sequence) the controller steers towards."""
+    horizon: int
+    """Samples over which the coefficient can change by up to 20%."""
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the model PPO trains: policy LM + value head
+
+
+def _hidden_size(model: nn.Module) -> int:
+    return model.get_output_embeddings().weight.shape[1]
+
+
+def lm_forward(lm: nn.Module, batch: dict[str, torch.Tensor], keep: int, hidden: bool = False) -> Any:
+    """The LM's output with logits for the last `keep` positions only (skips the LM head elsewhere when the model
+    supports `logits_to_keep`); policy and reference both go through here, so equal weights give equal numbers."""
+    kwargs = dict(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )
+    if hidden:
+        kwargs["output_hidden_states"] = True
+    if _accepts_keep(lm):
+        kwargs["logits_to_keep"] = keep
+    out = lm(**kwargs)
+    if out.logits.shape[1] != keep:
+        out.logits = out.logits[:, -keep:]
+    return out
+
+
+def _accepts_keep(lm: nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(lm.forward).parameters
+
+
+class PolicyWithValue(nn.Module):
+    """The policy LM and a scalar value head: on the policy's own last hidden state (shared trunk), or on a separate
+    critic LM (`critic`, e.g. a copy of the SFT model). The value head is float32 and zero-initialised."""
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        for lm in (self.policy, self.critic):
+            if lm is not None:
+                lm.gradient_checkpointing_enable(**kwargs)
+
+    def enable_input_require_grads(self) -> None:
+        for lm in (self.policy, self.critic):
+            if lm is not None:
+                lm.enable_input_require_grads()
+
+    def __init__(self, policy: nn.Module, critic: nn.Module | None = None):
+        super().__init__()
+        self.policy = policy
+        self.critic = critic
+        hidden = _hidden_size(critic if critic is not None else policy)
+        ref = next(policy.parameters())
+        self.v_head = nn.Linear(hidden, 1, device=ref.device, dtype=torch.float32)
+        nn.init.zeros_(self.v_head.weight)
+        nn.init.zeros_(self.v_head.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and values of the last `keep` positions: (B, keep, V), (B, keep) float32."""
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        out = lm_forward(self.policy, batch, keep, hidden=True)
+        hidden = out.hidden_states[-1]
+        if self.critic is not None:
+            hidden = lm_forward(self.critic, batch, 1, hidden=True).hidden_states[-1]
+        values = self.v_head(hidden[:, -keep:].float()).squeeze(-1)
+        return out.logits, values
+
+
+def response_forward(
+    model: PolicyWithValue, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and values aligned with the response tokens: (B, R, V), (B, R).
+
+    Rows are [left-padded prompt (P) | response (R)], so the distribution over response token j comes from column
+    P - 1 + j: the last R + 1 columns without the final one.
+    """
+    R = batch["response"].shape[1]
+    logits, values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], keep=R + 1)
+    return logits[:, :-1], values[:, :-1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the objective the one training loop calls
+
+
+@dataclass
+class PPOObjective:
+    """Clipped policy + clipped value loss on a minibatch of one rollout batch; optional PPO-ptx SFT term.
+
+    A micro-batch holds input_ids, attention_mask, position_ids (B, P+R), response (B, R), mask (B, R) and the
+    rollout's logprobs, values, advantages (whitened), returns (B, R); optionally `ptx` (an SFT batch). Units are
+    response tokens, so every sum below becomes a per-token mean once the loop divides by the step's units.
+    """
+
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    temperature: float = 1.0
+    ptx_coef: float = 0.0
+    name: str = "ppo"
+
+    def units(self, batch: dict[str, Any]) -> int:
+        return int(batch["mask"].sum())
+
+    def loss(self, model: PolicyWithValue, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        mask = batch["mask"]
+        logits, values = response_forward(model, batch)
+        logp = token_logprobs(logits, batch["response"], self.temperature)
+        pg, clipped, approx_kl = policy_loss(
+            logp, batch["logprobs"], batch["advantages"], mask, self.cliprange
+        )
+        vf, vf_clipped = value_loss(values, batch["values"], batch["returns"], mask, self.cliprange_value)
+        with torch.no_grad():
+            ent = (entropy(logits, self.temperature) * mask).sum()
+        loss = pg + self.vf_coef * vf
+        metrics = {
+            "policy_loss": pg.item(),
+            "value_loss": vf.item(),
+            "clipfrac": clipped.item(),
+            "vf_clipfrac": vf_clipped.item(),
+            "approx_kl": approx_kl.item(),
+            "entropy": ent.item(),
+        }
+        n = float(mask.sum())
+        if self.ptx_coef > 0 and "ptx" in batch:
+            ptx = _sft_mean_loss(model.policy, batch["ptx"])
+            loss = loss + self.ptx_coef * ptx * n
+            metrics["ptx_loss"] = ptx.item() * n
+        return loss, metrics
+
+
+def _sft_mean_loss(policy: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled tokens of a padded SFT batch (labels -100 = no loss)."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    logits = policy(**inputs, use_cache=False).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    return nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
+
+
+def kl_controller(kl_coef: float, adaptive: bool, target: float, horizon: int) -> FixedKL | AdaptiveKL:
+    return AdaptiveKL(kl_coef, target, horizon) if adaptive else FixedKL(kl_coef)
+
+
+__all__ = [
+    "AdaptiveKL",
+    "FixedKL",
+    "PPOObjective",
+    "PolicyWithValue",
+    "entropy",
+    "gae",
+    "kl_controller",
+    "kl_penalised_rewards",
+    "lm_forward",
+    "masked_mean",
+    "policy_loss",
+    "response_forward",
+    "token_logprobs",
+    "value_loss",
+    "whiten",
+]
