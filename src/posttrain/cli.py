@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join the process group before anything loads
+        from posttrain.train.distributed import init_from_env
+
+        init_from_env()
     module, func = COMMANDS[name][0].split(":")
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
 

@@ -1,0 +1,379 @@
+"""Scale out on torch.distributed: the same commands under `torchrun`, with DDP-style gradient sync or FSDP2.
+
+    init_from_env()                      # process group from torchrun's env (NCCL on GPUs, gloo on CPU)
+    model = prepare(model, "ddp")        # ddp: rank 0's weights everywhere; fsdp: fully_shard layers, trunk, head
+    sync_gradients(params)               # after the step's backward passes: bucketed all-reduce (SUM)
+
+Why we do not wrap the model in `DistributedDataParallel`: the objectives call the trunk (`get_decoder()`) and
+the LM head separately, which bypasses a wrapper's forward and so its gradient hooks. For adapter training DDP's
+job is one all-reduce of the (few) trainable gradients per optimiser step, so we do exactly that, bucketed and
+flattened, after the step's micro-batches. Every rank divides its summed loss by the *global* unit count, so the
+all-reduce is a SUM, and 2 ranks x batch B give the gradient 1 rank x batch 2B gives.
+
+FSDP2 (`fully_shard`) hooks each module it wraps, so it is applied to every decoder layer, the trunk and the LM
+head (the modules the objectives call), then the root; a tied embedding stays replicated (the head that shares it
+runs outside the trunk's group) and its gradient is all-reduced like DDP's. Gradients are reduce-scattered with divide factor 1 (the
+loss is already normalised by the global count). Checkpoints of a sharded model go through
+`torch.distributed.checkpoint` (DCP): each rank writes its shards, and any world size can load them back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from posttrain.train import checkpoint
+
+STRATEGIES = ("auto", "ddp", "fsdp")
+"""train.strategy values; auto = ddp (replicated weights, gradient all-reduce)."""
+
+BUCKET_BYTES = 25 * 2**20
+"""Gradient all-reduce bucket size (DDP's default)."""
+
+DCP_DIR = "sharded"
+"""Sub-directory of a checkpoint holding the DCP shards of model + optimiser (FSDP runs)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# process group and ranks
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def shard_args() -> dict[str, int]:
+    """`rank=..., world_size=...` for a batch source (empty in a single process)."""
+    return {"rank": rank(), "world_size": world_size()} if is_dist() else {}
+
+
+def init_from_env(timeout_s: int = 1800) -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); pick this rank's GPU. True when distributed."""
+    if is_dist():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    return True
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place, returned); a no-op in one process."""
+    if is_dist():
+        dist.all_reduce(values)
+    return values
+
+
+def reduce_step(per_mb: torch.Tensor, tokens: int, sums: dict[str, Any]) -> tuple[torch.Tensor, int, dict]:
+    """One all-reduce for a step's bookkeeping: per-micro-batch losses (each rank has as many micro-batches),
+    token count and metric sums, summed over ranks (metrics keep their keys and order on every rank)."""
+    keys = list(sums)
+    parts = [per_mb.double().reshape(-1), torch.tensor([float(tokens)], dtype=torch.float64)]
+    parts += [torch.as_tensor(sums[k], dtype=torch.float64).reshape(1) for k in keys]
+    flat = all_reduce_sum(torch.cat([t.to(per_mb.device) for t in parts]))
+    n = per_mb.numel()
+    out = {k: flat[n + 1 + i] for i, k in enumerate(keys)}
+    return flat[:n].to(per_mb.dtype), int(flat[n].item()), out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# strategies
+
+
+def resolve_strategy(name: str) -> str:
+    if name not in STRATEGIES:
+        raise ValueError(f"train.strategy must be one of {' | '.join(STRATEGIES)}, got {name!r}")
+    return "ddp" if name == "auto" else name
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def broadcast_parameters(model: nn.Module) -> None:
+    """Rank 0's trainable parameters and buffers to every rank (DDP does this when it wraps a model)."""
+    with torch.no_grad():
+        for p in [p for p in model.parameters() if p.requires_grad] + list(model.buffers()):
+            dist.broadcast(p.data, src=0)
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks FSDP shards one by one: modules whose class is in `_no_split_modules`."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:  # fall back to the longest ModuleList (the layer stack of most architectures)
+        lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+        layers = list(max(lists, key=len)) if lists else []
+    return layers
+
+
+def shard_model(model: nn.Module) -> nn.Module:
+    """fully_shard each decoder layer, the trunk, the (untied) LM head, then the root; gradients summed."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    trunk = model.get_decoder() if hasattr(model, "get_decoder") else None
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    # a tied LM head shares the embedding matrix: that one stays replicated (its gradient is all-reduced by
+    # sync_gradients), since the head is called outside the trunk whose group would own it
+    tied = {p for p in head.parameters() for q in embed.parameters() if p is q} if head and embed else set()
+    for layer in decoder_layers(model):
+        fully_shard(layer)
+    if trunk is not None and trunk is not model:
+        fully_shard(trunk, ignored_params=tied)
+    if head is not None and not tied:
+        fully_shard(head)
+    fully_shard(model, ignored_params=tied)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)  # the loss is already divided by the global unit count
+            m.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
+    return model
+
+
+def prepare(model: nn.Module, strategy: str) -> nn.Module:
+    """Make `model` ready for multi-rank training (a no-op in one process). Call before building the optimiser."""
+    strategy = resolve_strategy(strategy)
+    if not is_dist():
+        return model
+    if strategy == "fsdp":
+        if any(not p.requires_grad for p in model.parameters()):
+            raise ValueError(
+                "train.strategy=fsdp is for full fine-tuning (peft.method=none); train adapters with ddp"
+            )
+        if not (hasattr(model, "config") and hasattr(model, "get_decoder")):
+            raise ValueError(
+                f"train.strategy=fsdp shards Hugging Face causal LMs (sft, dpo); {type(model).__name__} is "
+                "not one (reward / value models): use ddp"
+            )
+        return shard_model(model)
+    broadcast_parameters(model)
+    return model
+
+
+def sync_gradients(params: list[nn.Parameter], bucket_bytes: int = BUCKET_BYTES) -> None:
+    """Sum the gradients of `params` over ranks in flattened buckets. Sharded (DTensor) gradients are already
+    reduce-scattered by FSDP and are skipped; a missing gradient counts as zeros so every rank sends the same."""
+    if not is_dist():
+        return
+    from torch.distributed.tensor import DTensor
+
+    plain = [p for p in params if not isinstance(p, DTensor)]
+    for p in plain:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
+    for p in plain:
+        by_dtype.setdefault(p.grad.dtype, []).append(p)
+    for group in by_dtype.values():
+        bucket, size = [], 0
+        for p in group:
+            bucket.append(p)
+            size += p.grad.numel() * p.grad.element_size()
+            if size >= bucket_bytes:
+                _reduce_bucket(bucket)
+                bucket, size = [], 0
+        if bucket:
+            _reduce_bucket(bucket)
+
+
+def _reduce_bucket(params: list[nn.Parameter]) -> None:
+    flat = torch.cat([p.grad.reshape(-1) for p in params])  # (sum of numels,)
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+def full_tensor(x: torch.Tensor) -> torch.Tensor:
+    """A DTensor's full value (e.g. the grad norm clip_grad_norm_ returns under FSDP); plain tensors unchanged."""
+    return x.full_tensor() if hasattr(x, "full_tensor") else x
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """`clip_grad_norm_` that also takes a mix of sharded (DTensor) and replicated gradients, as FSDP with a tied
+    embedding has; returns the total norm as a plain tensor. Call after `sync_gradients`."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if hasattr(g, "full_tensor")]
+    if not sharded or len(sharded) == len(grads):
+        return full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    plain = [g for g in grads if not hasattr(g, "full_tensor")]
+    sq = full_tensor(torch.stack([g.norm() ** 2 for g in sharded]).sum())  # global over shards
+    total = (sq + torch.stack([g.norm() ** 2 for g in plain]).sum().to(sq.device)).sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)  # what clip_grad_norm_ does
+    for g in grads:
+        g.mul_(coef)
+    return total
+
+
+def consolidated_copy(model: nn.Module) -> nn.Module | None:
+    """A plain (unsharded, CPU) copy of an FSDP-sharded Hugging Face model with the full trained weights, on rank 0
+    (None elsewhere); every rank must call it (the gather is a collective). Used for the final `save_pretrained`."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main():
+        return None
+    with torch.device("meta"):
+        copy = type(model)(model.config)
+    copy.load_state_dict(full, assign=True)
+    buffers = dict(model.named_buffers())
+    for name, buf in list(copy.named_buffers()):
+        if buf.is_meta:  # non-persistent buffers (rotary frequencies) are not in the state dict
+            owner, _, leaf = name.rpartition(".")
+            copy.get_submodule(owner).register_buffer(leaf, buffers[name].detach().cpu(), persistent=False)
+    if hasattr(copy, "tie_weights"):
+        copy.tie_weights()
+    return copy.train(model.training)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# global statistics (PPO)
+
+
+def global_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """`posttrain.objectives.ppo.whiten` over the masked entries of *all* ranks: (x - mean) / std with the global
+    batch's mean and population variance (with shift_mean=False the mean is added back); 0 off the mask."""
+    m = mask.to(x.dtype)
+    stats = all_reduce_sum(torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]).double())
+    total, sq, n = stats.tolist()
+    mean = total / max(n, 1.0)
+    var = max(sq / max(n, 1.0) - mean * mean, 0.0)
+    out = (x - mean) / (var + eps) ** 0.5
+    return (out if shift_mean else out + mean) * m
+
+
+# --------------------------------------------------------------------------------------------------------------
+# checkpoints: every rank calls save/load; rank 0 owns the directory, the rename and state.json
+
+
+def _rng_file(r: int) -> str:
+    return "rng.pt" if r == 0 else f"rng-{r}.pt"
+
+
+def save_checkpoint(
+    root: str | Path, model: nn.Module, optimizer, scheduler, state: dict[str, Any], keep_last: int
+) -> Path:
+    """`step-N` written by every rank (shards + own RNG) into `.tmp-step-N`; rank 0 writes state.json last and
+    renames once all ranks are done, so a crash at any point leaves no half-written `step-N`."""
+    if not is_dist():
+        return checkpoint.save(root, model, optimizer, scheduler, state, keep_last)
+    root = Path(root)
+    step = int(state["step"])
+    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    if is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    if is_sharded(model):
+        _save_sharded(tmp / DCP_DIR, model, optimizer)
+    elif is_main():
+        from safetensors.torch import save_file
+
+        save_file(checkpoint.trainable_state(model), str(tmp / "model.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
+    torch.save(checkpoint.rng_state(), tmp / _rng_file(rank()))
+    barrier()
+    if is_main():
+        torch.save({"scheduler": scheduler.state_dict()}, tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "world_size": world_size()}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        checkpoint.prune(root, keep_last)
+    barrier()
+    return final
+
+
+def _save_sharded(path: Path, model: nn.Module, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(path))
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer, scheduler) -> dict[str, Any]:
+    """Restore a checkpoint written by `save_checkpoint` or `checkpoint.save`, with this run's world size."""
+    path = Path(path)
+    if not (path / DCP_DIR).exists() and not (path / "scheduler.pt").exists():
+        return checkpoint.load(path, model, optimizer, scheduler)  # written by one process
+    if (path / DCP_DIR).exists():
+        _load_sharded(path / DCP_DIR, model, optimizer)
+    else:
+        from safetensors.torch import load_file
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in load_file(str(path / "model.safetensors")).items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False)["optimizer"])
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False)["scheduler"])
+    own = path / _rng_file(rank())
+    if own.exists():  # a rank that did not exist when the checkpoint was written keeps its seeded RNG
+        checkpoint.set_rng_state(torch.load(own, weights_only=False))
+    return json.loads((path / "state.json").read_text())
+
+
+def _load_sharded(path: Path, model: nn.Module, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    blob = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(blob, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=blob["model"], optim_state_dict=blob["optimizer"])
+
+
+def consolidate(checkpoint_dir: str | Path, out_file: str | Path) -> dict[str, torch.Tensor]:
+    """Offline (one process, no process group): a sharded checkpoint's full model weights -> `out_file`
+    (safetensors), keyed like `model.state_dict()`. Used by `posttrain merge` and for inspection."""
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    src = Path(checkpoint_dir) / DCP_DIR
+    if not src.exists():
+        raise FileNotFoundError(f"{checkpoint_dir}: no sharded checkpoint ({DCP_DIR}/) here")
+    tmp = Path(out_file).with_suffix(".pt.tmp")
+    dcp_to_torch_save(src, tmp)
+    weights = torch.load(tmp, weights_only=False)["model"]
+    tmp.unlink()
+    weights = {k: v.contiguous() for k, v in weights.items() if torch.is_tensor(v)}
+    save_file(weights, str(out_file))
+    return weights

@@ -1,0 +1,327 @@
+"""The one training loop. Every objective (SFT, reward model, DPO, PPO) plugs in through an Objective (summed loss
++ units) and a BatchSource (the micro-batches of each optimiser step); nothing here knows which one it runs.
+
+    result = fit(model, SFTObjective(), SFTBatches(...), cfg.train, "runs/sft", save_fn=save)
+
+One optimiser step = the source's micro-batches; each micro-batch's summed loss is divided by the units of the
+whole step (all micro-batches, all ranks), so batch 8 x accum 1 and batch 2 x accum 4 give the same gradient.
+The loop syncs with the device once per step (loss + grad norm, needed for the NaN check before the update).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posttrain.config import TrainConfig, to_dict
+from posttrain.train import checkpoint, distributed
+from posttrain.train.log import MetricsLog, progress_bar
+from posttrain.train.optim import build_optimizer, build_scheduler
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss or gradient); the message names the step and micro-batch."""
+
+
+# train.mixed_precision -> autocast dtype (None: no autocast). "auto" is resolved per device in autocast_dtype.
+AUTOCAST = {"no": None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if mode == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    if mode not in AUTOCAST:
+        raise ValueError(f"train.mixed_precision must be auto | bf16 | fp16 | no, got {mode!r}")
+    return AUTOCAST[mode]
+
+
+def count_tokens(batch: dict[str, Any]) -> int:
+    """Non-pad tokens of a micro-batch: attention-mask sums, or every input id when there is no mask (packed)."""
+    masks = [v for k, v in batch.items() if k.endswith("attention_mask") and torch.is_tensor(v)]
+    if masks:
+        return int(sum(int(m.sum()) for m in masks))
+    return sum(v.numel() for k, v in batch.items() if k.endswith("input_ids") and torch.is_tensor(v))
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if any(not p.requires_grad for p in model.parameters()) and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph at the input
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
+
+
+class TrainStep:
+    """One optimiser step in two halves: `backward` (every micro-batch) and `update` (check, clip, step)."""
+
+    def __init__(self, model, objective, cfg: TrainConfig, optimizer, scheduler, device):
+        self.model, self.objective, self.cfg = model, objective, cfg
+        self.optimizer, self.scheduler, self.device = optimizer, scheduler, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.amp_dtype = autocast_dtype(cfg.mixed_precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def backward(self, micro: list[dict[str, Any]]) -> dict[str, Any]:
+        """Accumulate gradients of sum(micro-batch loss sums) / (units of the whole step, all ranks)."""
+        units = sum(self.objective.units(mb) for mb in micro)
+        if distributed.is_dist():
+            units = int(
+                distributed.all_reduce_sum(torch.tensor([units], dtype=torch.long, device=self.device))
+            )
+        denom = max(units, 1)
+        losses, sums, tokens = [], {}, 0
+        for mb in micro:
+            tokens += count_tokens(mb)
+            with self.autocast():
+                loss_sum, metrics = self.objective.loss(self.model, to_device(mb, self.device))
+            loss = loss_sum.float() / denom
+            self.scaler.scale(loss).backward()
+            losses.append(loss.detach())
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
+        per_mb = torch.stack(losses)  # (n_micro,) each micro-batch's share of the step loss
+        if distributed.is_dist():  # summed over ranks: every rank divided by the global units
+            distributed.sync_gradients(self.params)
+            distributed.all_reduce_sum(per_mb)
+            tokens = int(distributed.all_reduce_sum(torch.tensor([tokens], device=self.device)))
+            sums = self._global_sums(sums)
+        return {"per_mb": per_mb, "tokens": tokens, "units": units, "sums": sums}
+
+    def _global_sums(self, sums: dict[str, Any]) -> dict[str, Any]:
+        """The objective's metric sums added over ranks (every rank reports the same keys)."""
+        if not sums:
+            return sums
+        keys = sorted(sums)
+        t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.device) for k in keys])
+        return dict(zip(keys, distributed.all_reduce_sum(t).tolist()))
+
+    def update(self, acc: dict[str, Any], step: int) -> dict[str, Any]:
+        """NaN check (one device sync), clip, optimiser and scheduler step. Returns the step's metrics."""
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
+        grad_norm = distributed.clip_grad_norm(self.params, max_norm)  # also takes FSDP-sharded gradients
+        per_mb = acc["per_mb"].float()
+        values = torch.cat([per_mb, grad_norm.float().reshape(1).to(per_mb.device)]).tolist()
+        self._check_finite(values[:-1], values[-1], step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = {
+            "loss": sum(values[:-1]),
+            "lr": lr,
+            "grad_norm": values[-1],
+            "tokens": acc["tokens"],
+            "units": acc["units"],
+        }
+        out.update({k: float(v) / max(acc["units"], 1) for k, v in acc["sums"].items()})
+        return out
+
+    def run(self, micro: list[dict[str, Any]], step: int) -> dict[str, Any]:
+        return self.update(self.backward(micro), step)
+
+    def _check_finite(self, per_mb: list[float], grad_norm: float, step: int) -> None:
+        for i, v in enumerate(per_mb):
+            if not math.isfinite(v):
+                raise TrainingError(
+                    f"step {step}: loss is {v} in micro-batch {i + 1} of {len(per_mb)}; "
+                    "stopping without an update (the last good checkpoint is kept)"
+                )
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            raise TrainingError(
+                f"step {step}: gradient norm is {grad_norm}; stopping without an update "
+                "(the last good checkpoint is kept)"
+            )
+
+
+def total_steps(cfg: TrainConfig, source) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * source.steps_per_epoch()))
+
+
+def _resume(out: Path, cfg: TrainConfig, model, optimizer, scheduler, source) -> dict[str, Any]:
+    """Running totals of the run so far: restored from the newest checkpoint when resuming, else zeros."""
+    state = {"step": 0, "epoch": 0.0, "loss_sum": 0.0, "tokens": 0, "elapsed_s": 0.0}
+    ckpt = checkpoint.latest(out / "checkpoints") if cfg.resume else None
+    if ckpt is None:
+        return state
+    saved = distributed.load_checkpoint(ckpt, model, optimizer, scheduler)
+    source.load_state_dict(saved["source"])
+    if distributed.is_main():
+        print(f"resuming from {ckpt} (step {saved['step']})", file=sys.stderr, flush=True)
+    return {k: saved[k] for k in state}
+
+
+def _save_final(model, out: Path, save_fn: Callable) -> None:
+    """save_fn(model, dir) into a temporary directory, then renamed to OUTPUT/final in one step."""
+    tmp, final = out / ".tmp-final", out / "final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_fn(model, tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+class _Run:
+    """The bookkeeping of one fit() call: running totals, metrics rows, evaluation and checkpoint timing."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, model, source, optimizer, scheduler, eval_fn, log_extra):
+        self.out, self.cfg, self.model, self.source = out, cfg, model, source
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.eval_fn, self.log_extra = eval_fn, log_extra
+        self.main_rank = distributed.is_main()
+        self.n_steps = total_steps(cfg, source)
+        self.per_epoch = max(1, source.steps_per_epoch())
+        self.state = _resume(out, cfg, model, optimizer, scheduler, source)
+        self.log = MetricsLog(out / "metrics.jsonl", keep_up_to=self.state["step"], enabled=self.main_rank)
+        self.bar = progress_bar(self.n_steps, self.state["step"], cfg.progress and self.main_rank)
+        self.saved_at, self.evaluated_at, self.last, self.evals = self.state["step"], -1, {}, {}
+        self.start, self.tokens_here = time.perf_counter(), 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def after_step(self, metrics: dict[str, Any]) -> None:
+        """Totals, metrics row (+ evaluation when due), progress bar, checkpoint when due."""
+        cfg, state = self.cfg, self.state
+        self.last, self.tokens_here = metrics, self.tokens_here + metrics["tokens"]
+        step = state["step"] = state["step"] + 1
+        state.update(
+            epoch=step / self.per_epoch,
+            loss_sum=state["loss_sum"] + metrics["loss"],
+            tokens=state["tokens"] + metrics["tokens"],
+        )
+        now, final = self.elapsed(), step == self.n_steps
+        row = {"step": step, "epoch": round(state["epoch"], 4)}
+        if step % cfg.log_every == 0 or final:
+            row.update(
+                metrics, tokens_per_s=self.tokens_here / max(now, 1e-9), elapsed_s=state["elapsed_s"] + now
+            )
+            row.update(self.log_extra() if self.log_extra else {})
+        if self.eval_fn is not None and (final or cfg.eval_every > 0 and step % cfg.eval_every == 0):
+            row.update(self.evaluate())
+        if len(row) > 2:
+            self.log.write(row)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(
+                loss=f"{metrics['loss']:.4f}", tok_s=f"{self.tokens_here / max(now, 1e-9):.0f}"
+            )
+        if cfg.save_every > 0 and step % cfg.save_every == 0:
+            self.checkpoint()
+
+    def evaluate(self) -> dict[str, Any]:
+        self.model.eval()
+        with torch.no_grad():
+            result = self.eval_fn(self.model)
+        self.model.train()
+        self.evaluated_at = self.state["step"]
+        self.evals = {(k if k.startswith("eval_") else f"eval_{k}"): v for k, v in result.items()}
+        return self.evals
+
+    def checkpoint(self) -> None:
+        """Every rank takes part (FSDP shards, per-rank RNG); rank 0 renames the directory into place."""
+        state = {
+            **self.state,
+            "elapsed_s": self.state["elapsed_s"] + self.elapsed(),
+            "source": self.source.state_dict(),
+            "config": to_dict(self.cfg),
+        }
+        distributed.save_checkpoint(
+            self.out / "checkpoints", self.model, self.optimizer, self.scheduler, state, self.cfg.keep_last
+        )
+        self.saved_at = self.state["step"]
+
+    def finish(self, save_fn) -> dict[str, Any]:
+        """End-of-run evaluation (if not just done), last checkpoint, final artefact; the run's summary."""
+        elapsed, step = self.elapsed(), self.state["step"]
+        if self.eval_fn is not None and self.evaluated_at != step:  # the source ran dry, or nothing was left
+            self.log.write({"step": step, "epoch": round(self.state["epoch"], 4), **self.evaluate()})
+        if self.saved_at != step:
+            self.checkpoint()
+        if save_fn is not None:
+            model = self.model
+            if distributed.is_dist() and distributed.is_sharded(model):
+                model = distributed.consolidated_copy(model)  # a collective: full weights on rank 0
+            if self.main_rank:
+                _save_final(model, self.out, save_fn)
+            distributed.barrier()
+        return {
+            "steps": step,
+            "final_loss": self.state["loss_sum"] / max(step, 1),
+            "last_loss": self.last.get("loss"),
+            "tokens": self.state["tokens"],
+            "tokens_per_s": self.tokens_here / max(elapsed, 1e-9),
+            "elapsed_s": self.state["elapsed_s"] + elapsed,
+            **self.evals,
+        }
+
+    def close(self) -> None:
+        self.log.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def fit(
+    model: torch.nn.Module,
+    objective,
+    source,
+    cfg: TrainConfig,
+    output_dir: str | Path,
+    *,
+    eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+    save_fn: Callable[[torch.nn.Module, Path], None] | None = None,
+    log_extra: Callable[[], dict] | None = None,
+) -> dict[str, Any]:
+    """Train until `cfg.max_steps` (or `cfg.epochs`) or the source runs dry; return the run's final metrics
+    (steps, final_loss = mean step loss over the run, tokens_per_s, elapsed_s, eval_*).
+
+    eval_fn(model) -> dict is called every `eval_every` steps and at the end (eval mode, no grad); save_fn(model,
+    dir) writes the final artefact to OUTPUT/final; log_extra() -> dict adds fields to every metrics row.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    # under torchrun: ddp / fsdp per train.strategy (callers may have done it already)
+    if distributed.is_dist() and not distributed.is_sharded(model):
+        model = distributed.prepare(model, cfg.strategy)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps(cfg, source))
+    run = _Run(out, cfg, model, source, optimizer, scheduler, eval_fn, log_extra)
+    stepper = TrainStep(model, objective, cfg, optimizer, scheduler, next(model.parameters()).device)
+    model.train()
+    try:
+        while run.state["step"] < run.n_steps:
+            micro = source.next_step()
+            if micro is None:
+                break
+            run.after_step(stepper.run(micro, run.state["step"] + 1))
+        return run.finish(save_fn)
+    finally:
+        run.close()
