@@ -94,18 +94,6 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def reduce_step(per_mb: torch.Tensor, tokens: int, sums: dict[str, Any]) -> tuple[torch.Tensor, int, dict]:
-    """One all-reduce for a step's bookkeeping: per-micro-batch losses (each rank has as many micro-batches),
-    token count and metric sums, summed over ranks (metrics keep their keys and order on every rank)."""
-    keys = list(sums)
-    parts = [per_mb.double().reshape(-1), torch.tensor([float(tokens)], dtype=torch.float64)]
-    parts += [torch.as_tensor(sums[k], dtype=torch.float64).reshape(1) for k in keys]
-    flat = all_reduce_sum(torch.cat([t.to(per_mb.device) for t in parts]))
-    n = per_mb.numel()
-    out = {k: flat[n + 1 + i] for i, k in enumerate(keys)}
-    return flat[:n].to(per_mb.dtype), int(flat[n].item()), out
-
-
 # --------------------------------------------------------------------------------------------------------------
 # strategies
 

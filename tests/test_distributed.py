@@ -1,0 +1,379 @@
+"""torch.distributed on CPU (gloo, 2 processes under torchrun): DDP-style LoRA and FSDP2 full fine-tuning match
+one process with the same global batch; a killed run resumes with the same losses; DPO starts at ln 2 everywhere.
+
+The module launches `torchrun --nproc_per_node 2 tests/test_distributed.py SCENARIO OUT` twice (see `launched`;
+each launch ends with a run that kills itself after a checkpoint) and compares with references computed in the
+pytest process itself, where every distributed helper is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="this torch build has no torch.distributed"
+)
+
+STEPS, BATCH, WORLD = 3, 2, 2
+"""Optimiser steps, samples per micro-batch per rank, processes."""
+KILL_CODE = 17
+"""Exit status of a rank killed on purpose (os._exit: no cleanup, no final save)."""
+
+
+def sft_samples(n=24, seed=0):
+    from posttrain.data.collate import Sample
+
+    g = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = g.randint(6, 30)
+        ids = [g.randrange(4, 512) for _ in range(length)]
+        out.append(Sample(ids, [-100] * (length // 3) + ids[length // 3 :]))
+    return out
+
+
+def sft_source(grad_accum, shard):
+    from posttrain.data.collate import SFTBatches
+
+    return SFTBatches(sft_samples(), BATCH, grad_accum, seed=1, pad_id=1, **shard)
+
+
+def build_model(peft: bool, lora_init: bool = False, arch: str = "llama"):
+    """Tiny model (gpt2: tied embeddings, no dropout), optionally with LoRA (r=4): as initialised (B = 0) or with
+    every LoRA weight random."""
+    from posttrain.models import tiny_model
+
+    no_dropout = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0} if arch == "gpt2" else {}
+    model = tiny_model(arch, **no_dropout)
+    if peft:
+        from posttrain.peft import LoraConfig, PeftConfig, apply_peft
+
+        model = apply_peft(model, PeftConfig(method="lora", lora=LoraConfig(r=4, dropout=0.0)))
+    if peft and not lora_init:
+        with torch.no_grad():  # B = 0 at init would make step 1 trivial; any same-seeded values will do
+            torch.manual_seed(1)
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.normal_(0, 0.02)
+    return model.train()
+
+
+def mini_fit(model, source, steps, strategy):
+    """The loop's distributed contract, in a few lines: global unit count, summed grads, one update."""
+    from posttrain.objectives.sft import SFTObjective
+    from posttrain.train import distributed as D
+
+    model = D.prepare(model, strategy)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    obj, losses = SFTObjective(), []
+    for _ in range(steps):
+        micro = source.next_step()
+        units = int(D.all_reduce_sum(torch.tensor([sum(obj.units(mb) for mb in micro)])))
+        total = torch.zeros(())
+        for mb in micro:
+            loss = obj.loss(model, mb)[0] / units
+            loss.backward()
+            total += loss.detach()
+        D.sync_gradients(params)
+        D.clip_grad_norm(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(D.all_reduce_sum(total)))
+    return model, opt, losses
+
+
+def trained_weights(model) -> dict[str, torch.Tensor]:
+    """Full (consolidated) trainable weights, on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from posttrain.train import distributed as D
+
+    if D.is_sharded(model):
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.clone() for k, v in sd.items()}
+    if all(p.requires_grad for p in model.parameters()):
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def run_parity(strategy, peft, out: Path | None, shard=None, arch="llama"):
+    """Train STEPS steps; grad_accum is chosen so the global batch is BATCH x WORLD whatever the world size."""
+    from posttrain.train import distributed as D
+
+    shard = D.shard_args() if shard is None else shard
+    accum = WORLD // shard.get("world_size", 1)
+    torch.manual_seed(0)
+    model, opt, losses = mini_fit(build_model(peft, arch=arch), sft_source(accum, shard), STEPS, strategy)
+    weights = trained_weights(model)
+    if out is not None:
+        if D.is_main():
+            torch.save({"weights": weights, "losses": losses}, out.with_suffix(".pt"))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        D.save_checkpoint(out.with_suffix(""), model, opt, sched, {"step": STEPS}, keep_last=1)
+    return weights, losses, opt
+
+
+def dpo_step0(out: Path):
+    """Each rank's DPO loss (its own pairs) at step 0, policy = reference (adapters off): ln 2."""
+    from posttrain.data.preference import PairSample, pair_collate
+    from posttrain.objectives.dpo import DPOArgs, DPOObjective
+    from posttrain.train import distributed as D
+
+    g = random.Random(0)
+    pairs = [
+        PairSample(
+            [g.randrange(4, 512) for _ in range(5)], [g.randrange(4, 512) for _ in range(4)], [5, 6, 7]
+        )
+        for _ in range(4)
+    ]
+    model = D.prepare(build_model(peft=True, lora_init=True), "ddp")
+    obj = DPOObjective(DPOArgs(beta=0.1))
+    batch = pair_collate(pairs[D.rank() :: D.world_size()], pad_id=1)
+    loss_sum, _ = obj.loss(model, batch)
+    local = float(loss_sum) / obj.units(batch)
+    stats = D.all_reduce_sum(torch.tensor([float(loss_sum), float(obj.units(batch))]))
+    (out / f"dpo-{D.rank()}.json").write_text(
+        json.dumps({"local": local, "global": float(stats[0] / stats[1])})
+    )
+
+
+def whiten_rows():
+    """(4, 6) advantages and a ragged response mask, the same on every rank; rank r takes rows 2r and 2r+1."""
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(4, 6, generator=g) * 3 + 1, torch.rand(4, 6, generator=g) > 0.3
+
+
+def whiten_shards(out: Path):
+    from posttrain.train import distributed as D
+
+    x, mask = whiten_rows()
+    rows = slice(2 * D.rank(), 2 * D.rank() + 2)
+    torch.save(D.global_whiten(x[rows], mask[rows]), out / f"whiten-{D.rank()}.pt")
+
+
+class CountingSFT:
+    """SFT plus a metric that sums this micro-batch's units: logged as sum / units it is 1.0 only when the loop
+    adds up the metric sums of all ranks."""
+
+    name = "sft"
+
+    def __init__(self):
+        from posttrain.objectives.sft import SFTObjective
+
+        self.inner = SFTObjective()
+
+    def units(self, batch):
+        return self.inner.units(batch)
+
+    def loss(self, model, batch):
+        return self.inner.loss(model, batch)[0], {"units_seen": torch.tensor(float(self.units(batch)))}
+
+
+def fit_run(out: Path, steps: int, crash_after: int | None = None, strategy: str = "ddp", shard=None):
+    """The real loop (`fit`) under torchrun: SFT (ddp: LoRA, fsdp: full fine-tuning), checkpoint every step,
+    final model saved; optionally die hard (no cleanup, no final save) once step `crash_after` is saved."""
+    from posttrain.config import TrainConfig
+    from posttrain.train import distributed as D
+    from posttrain.train.loop import fit
+
+    shard = D.shard_args() if shard is None else shard
+    torch.manual_seed(0)
+    model = build_model(peft=strategy == "ddp")
+    source = sft_source(WORLD // shard.get("world_size", 1), shard)
+    if crash_after is not None:
+        inner = source.next_step
+
+        def next_step():
+            if source.position == crash_after:
+                D.barrier()  # the step-`crash_after` checkpoint is complete on every rank
+                os._exit(KILL_CODE)
+            return inner()
+
+        source.next_step = next_step
+    cfg = TrainConfig(
+        max_steps=steps, batch_size=BATCH, lr=1e-3, save_every=1, progress=False, seed=0, strategy=strategy
+    )
+    save = (lambda m, d: m.save_pretrained(d)) if strategy == "fsdp" else (lambda m, d: d.mkdir(parents=True))
+    fit(model, CountingSFT(), source, cfg, out, save_fn=save)
+
+
+SCENARIOS = {
+    "all": lambda out: (
+        run_parity("ddp", True, out / "ddp_lora"),
+        run_parity("fsdp", False, out / "fsdp_full"),
+        run_parity("fsdp", False, out / "fsdp_tied", arch="gpt2"),
+        dpo_step0(out),
+        whiten_shards(out),
+        fit_run(out / "straight", 4),
+        fit_run(out / "fsdp_straight", 4, strategy="fsdp"),
+        fit_run(out / "killed", 4, crash_after=2),
+    ),
+    "resume": lambda out: (  # one hard kill per launch: the FSDP one comes after the DDP resume
+        fit_run(out / "killed", 4),
+        fit_run(out / "fsdp_killed", 4, crash_after=2, strategy="fsdp"),
+    ),
+}
+
+
+def torchrun(scenario: str, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1"]
+    cmd += ["--nproc_per_node", str(WORLD), __file__, scenario, str(out)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """Launch 1: parity runs, DPO, an uninterrupted DDP and FSDP `fit`, then a DDP `fit` killed after step 2.
+    Launch 2: that run resumed to the end, then an FSDP `fit` killed after step 2 (resumed by a test)."""
+    out = tmp_path_factory.mktemp("dist")
+    for scenario, killed in (("all", "killed"), ("resume", "fsdp_killed")):
+        done = torchrun(scenario, out)
+        assert f"exitcode  : {KILL_CODE}" in done.stderr, done.stderr[-6000:]  # died where it was meant to
+        assert (out / killed / "checkpoints" / "step-2" / "state.json").exists()
+        assert not (out / killed / "final").exists()
+    assert (out / "killed" / "final").exists()
+    return out
+
+
+def assert_same(got: dict, want: dict):
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_ddp_lora_matches_one_process(launched):
+    want, want_losses, _ = run_parity("ddp", True, None, shard={})
+    got = torch.load(launched / "ddp_lora.pt")
+    assert want and all("lora" in k for k in want)
+    assert_same(got["weights"], want)
+    assert got["losses"] == pytest.approx(want_losses, abs=1e-5)
+    start = {n: p for n, p in build_model(peft=True).named_parameters() if p.requires_grad}
+    assert any((start[k] - v).abs().max() > 1e-4 for k, v in want.items()), "training changed nothing"
+
+
+@pytest.mark.parametrize("arch, name", [("llama", "fsdp_full"), ("gpt2", "fsdp_tied")])
+def test_fsdp_full_finetuning_matches_one_process(launched, arch, name):
+    want, want_losses, _ = run_parity("fsdp", False, None, shard={}, arch=arch)
+    got = torch.load(launched / f"{name}.pt")
+    assert len(want) >= len(list(build_model(peft=False, arch=arch).parameters()))
+    assert_same(got["weights"], want)
+    assert got["losses"] == pytest.approx(want_losses, abs=1e-5)
+
+
+def test_sharded_checkpoint_consolidates_and_resumes_in_one_process(launched, tmp_path):
+    """FSDP (2 ranks) wrote DCP shards; one process (world size 1) reads them back: weights and AdamW state."""
+    from posttrain.train import distributed as D
+
+    ckpt = launched / "fsdp_full" / f"step-{STEPS}"
+    assert (ckpt / D.DCP_DIR).is_dir() and (ckpt / "rng-1.pt").exists()
+    want, _, want_opt = run_parity("fsdp", False, None, shard={})
+    assert_same(D.consolidate(ckpt, tmp_path / "full.safetensors"), want)
+
+    model = build_model(peft=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    state = D.load_checkpoint(ckpt, model, opt, sched)
+    assert state["step"] == STEPS and state["world_size"] == WORLD
+    assert_same(dict(model.state_dict()), want)
+    moments = lambda o: {str(i): s["exp_avg"] for i, s in enumerate(o.state.values())}  # noqa: E731
+    assert_same(moments(opt), moments(want_opt))
+
+
+def test_ddp_checkpoint_resumes_in_one_process(launched):
+    from posttrain.train import distributed as D
+
+    want, _, _ = run_parity("ddp", True, None, shard={})
+    model = build_model(peft=True, lora_init=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    D.load_checkpoint(launched / "ddp_lora" / f"step-{STEPS}", model, opt, sched)
+    assert_same({n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, want)
+
+
+def test_killed_run_resumes_with_same_losses(launched):
+    from posttrain.train.log import read_metrics
+
+    straight = [r["loss"] for r in read_metrics(launched / "straight" / "metrics.jsonl")]
+    resumed = [r["loss"] for r in read_metrics(launched / "killed" / "metrics.jsonl")]
+    assert len(straight) == 4 and (launched / "killed" / "final").exists()
+    rows = read_metrics(launched / "straight" / "metrics.jsonl")
+    assert [r["units_seen"] for r in rows] == pytest.approx([1.0] * 4)  # metrics summed over ranks
+    assert resumed == pytest.approx(straight, abs=1e-6)
+
+
+def test_fsdp_run_killed_resumes_in_one_process(launched):
+    """FSDP fit on 2 ranks, killed after step 2; resumed by ONE process (grad_accum 2, the same global batch) from
+    the DCP shards: the same losses, and the same final Hugging Face model, as the uninterrupted 2-rank run."""
+    from safetensors.torch import load_file
+
+    from posttrain.train.distributed import DCP_DIR
+    from posttrain.train.log import read_metrics
+
+    assert (launched / "fsdp_killed" / "checkpoints" / "step-2" / DCP_DIR).is_dir()  # fit really sharded
+    fit_run(launched / "fsdp_killed", 4, strategy="fsdp", shard={})
+    straight = [r["loss"] for r in read_metrics(launched / "fsdp_straight" / "metrics.jsonl")]
+    resumed = [r["loss"] for r in read_metrics(launched / "fsdp_killed" / "metrics.jsonl")]
+    assert len(straight) == 4 and resumed == pytest.approx(straight, abs=1e-5)
+    want = load_file(str(launched / "fsdp_straight" / "final" / "model.safetensors"))
+    got = load_file(str(launched / "fsdp_killed" / "final" / "model.safetensors"))
+    assert len(want) == len(list(build_model(peft=False).parameters()))
+    assert_same(got, want)
+
+
+def test_dpo_loss_is_ln2_on_every_rank(launched):
+    for r in range(WORLD):
+        got = json.loads((launched / f"dpo-{r}.json").read_text())
+        assert got["local"] == pytest.approx(math.log(2), abs=1e-6)
+        assert got["global"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_global_whiten_in_one_process_is_ppo_whitening():
+    from posttrain.objectives.ppo import whiten
+    from posttrain.train.distributed import global_whiten
+
+    x, mask = torch.tensor([[1.0, 2.0, 3.0, 100.0]]), torch.tensor([[1, 1, 1, 0]])
+    # masked mean 2, population variance (1 + 0 + 1) / 3 -> (x - 2) / sqrt(2/3); 0 off the mask
+    s = (2 / 3) ** -0.5
+    assert global_whiten(x, mask)[0].tolist() == pytest.approx([-s, 0.0, s, 0.0], abs=1e-5)
+    x = torch.randn(3, 5)
+    mask = torch.rand(3, 5) > 0.3
+    for shift in (True, False):
+        torch.testing.assert_close(global_whiten(x, mask, shift), whiten(x, mask.float(), shift))
+
+
+def test_ppo_advantages_are_whitened_over_the_global_batch(launched):
+    from posttrain.objectives.ppo import whiten
+
+    x, mask = whiten_rows()
+    got = torch.cat([torch.load(launched / f"whiten-{r}.pt") for r in range(WORLD)])
+    torch.testing.assert_close(got, whiten(x, mask.float()))
+    assert not torch.allclose(got[:2], whiten(x[:2], mask[:2].float()), atol=1e-3)  # not per-rank statistics
+
+
+def test_unknown_strategy_is_an_error():
+    from posttrain.train.distributed import resolve_strategy
+
+    assert resolve_strategy("auto") == "ddp"
+    with pytest.raises(ValueError, match="train.strategy"):
+        resolve_strategy("deepspeed")
+
+
+if __name__ == "__main__":  # one torchrun rank
+    from posttrain.train.distributed import init_from_env
+
+    torch.set_num_threads(1)
+    assert init_from_env(), "run me under torchrun"
+    SCENARIOS[sys.argv[1]](Path(sys.argv[2]))
+    torch.distributed.barrier()  # nobody tears the group down while a peer still talks to it
+    torch.distributed.destroy_process_group()
