@@ -1,0 +1,63 @@
+"""`posttrain demo [--quick] [--out DIR]`: the whole adaptation pipeline on the embedded task world.
+
+posttrain demo --quick --out demo_out     # smoke run (~3 min on 2 CPU cores)
+posttrain demo --out demo_out             # full run (~15 min); the base model is cached between runs
+posttrain demo --quick sft_steps=200      # any DemoSettings field as key=value (posttrain.demo.settings)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="posttrain demo",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="smoke-test sizes (what CI runs)")
+    p.add_argument(
+        "--out", default="demo_out", help="directory for data, runs and the report (default demo_out)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the world, the base model and every run")
+    p.add_argument(
+        "overrides", nargs="*", help="settings overrides, e.g. sft_steps=100 base.steps=200 dpo_beta=0.2"
+    )
+    ns = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+    from transformers.utils import logging as hf_logging
+
+    from posttrain.config import ConfigError
+    from posttrain.demo.pipeline import Pipeline
+    from posttrain.demo.report import write_report
+    from posttrain.demo.settings import settings
+
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"{time.time() - t0:7.1f}s {msg}", flush=True)
+
+    hf_logging.disable_progress_bar()
+    try:
+        cfg = settings(ns.quick, ns.seed, ns.overrides)
+    except ConfigError as e:
+        p.exit(2, f"posttrain demo: {e}\n")
+    pipe = Pipeline(ns.out, cfg, log=log)
+    report = write_report(pipe.run(), ns.out)
+    for t in report["targets"]:
+        mark = {True: "pass", False: "FAIL", None: "n/a "}[t["pass"]]
+        log(f"[{mark}] {t['target']}: {t['value'] if t['value'] is not None else 'not measured'}")
+    log(f"report: {os.path.join(ns.out, 'report.md')}")
+    failed = [n for n, st in report["stages"].items() if st["status"] == "failed"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Every knob of `posttrain demo` in one place: the full run and the `--quick` smoke run.
+
+Budgets are sized for 2 CPU cores: full <= ~15 min, quick <= ~3 min (the base model is cached after its first run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from posttrain.demo.base import BaseConfig
+from posttrain.demo.world import WorldConfig
+
+PEFT_METHODS = ("full", "lora", "adapter", "prefix", "prompt")
+
+PEFT = {  # method -> peft.* overrides
+    "full": {"method": "none"},
+    "lora": {"method": "lora", "lora.r": 16, "lora.alpha": 32},
+    "adapter": {"method": "adapter", "adapter.reduction_factor": 4},
+    "prefix": {"method": "prefix", "prefix.num_virtual_tokens": 8},
+    "prompt": {"method": "prompt", "prompt.num_virtual_tokens": 8},
+}
+
+
+@dataclass
+class DemoSettings:
+    quick: bool = False
+    """Smoke-test sizes (CI) instead of the full demo."""
+    seed: int = 0
+    """Seeds the world, the base model and every run."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    """The task world (facts, splits, assistant name and maker)."""
+    base: BaseConfig = field(default_factory=BaseConfig)
+    """Tiny base model and its pre-training budget."""
+    sft_steps: int = 800
+    """SFT optimiser steps per PEFT method."""
+    sft_batch: int = 16
+    """SFT micro-batch size."""
+    chats: int = 300
+    """Chat-like multi-turn conversations generated before mixing."""
+    self_instruct_tasks: int = 4
+    """Self-Instruct tasks to bootstrap with the base model as generator (0: skip)."""
+    eval_per_task: int = 12
+    """Evaluation prompts per task and split."""
+    rank_prompts: int = 600
+    """Task prompts sampled K times for the ranking data (safety and identity prompts are added)."""
+    rank_heldout: int = 120
+    """Held-out-instance prompts for the reward model's held-out pairs."""
+    rank_k: int = 4
+    """Responses sampled per prompt for the K-way rankings."""
+    rm_steps: int = 200
+    """Reward model optimiser steps."""
+    ppo_steps: int = 60
+    """PPO optimiser steps (minibatches)."""
+    ppo_rollout: int = 64
+    """Responses per PPO rollout batch."""
+    dpo_steps: int = 150
+    """DPO optimiser steps."""
+    gold_samples: int = 2
+    """Sampled responses per prompt when measuring mean gold reward and KL."""
+    sft_lr: dict[str, float] = field(
+        default_factory=lambda: {"full": 1e-3, "lora": 5e-3, "adapter": 5e-3, "prefix": 1e-2, "prompt": 3e-2}
+    )
+    """SFT learning rate per PEFT method (the small methods need larger steps)."""
+    rm_lr: float = 3e-4
+    """Reward model learning rate."""
+    ppo_lr: float = 1e-5
+    """PPO learning rate."""
+    ppo_kl_coef: float = 0.05
+    """PPO per-token KL penalty towards the SFT model."""
+    dpo_lr: float = 2e-5
+    """DPO learning rate."""
+    dpo_beta: float = 0.1
+    """DPO beta (strength of the implicit KL constraint)."""
+
+    def sft_train(self, method: str) -> dict[str, Any]:
+        return {
+            "max_steps": self.sft_steps,
+            "batch_size": self.sft_batch,
+            "lr": float(self.sft_lr[method]),
+            "warmup_ratio": 0.05,
+            "schedule": "cosine",
+        }
+
+    def peft_overrides(self, method: str) -> list[str]:
+        return [f"peft.{k}={v}" for k, v in PEFT[method].items()]
+
+    @property
+    def rm_train(self) -> dict[str, Any]:
+        return {"max_steps": self.rm_steps, "batch_size": 16, "lr": self.rm_lr, "warmup_ratio": 0.05}
+
+    @property
+    def ppo_train(self) -> dict[str, Any]:
+        return {"max_steps": self.ppo_steps, "batch_size": 16, "lr": self.ppo_lr, "schedule": "constant"}
+
+    @property
+    def ppo_args(self) -> dict[str, Any]:
+        return {
+            "rollout_batch_size": self.ppo_rollout,
+            "mini_batch_size": self.ppo_rollout // 2,
+            "ppo_epochs": 2,
+            "max_new_tokens": 64,
+            "kl_coef": self.ppo_kl_coef,
+            "max_prompt_length": 128,
+        }
+
+    @property
+    def dpo_train(self) -> dict[str, Any]:
+        return {"max_steps": self.dpo_steps, "batch_size": 16, "lr": self.dpo_lr, "warmup_ratio": 0.05}
+
+    @property
+    def dpo_args(self) -> dict[str, Any]:
+        return {"beta": self.dpo_beta}
+
+
+QUICK = {
+    "base": {"steps": 300},
+    "sft_steps": 80,
+    "chats": 100,
+    "self_instruct_tasks": 0,
+    "eval_per_task": 6,
+    "rank_prompts": 64,
+    "rank_heldout": 32,
+    "rm_steps": 40,
+    "ppo_steps": 8,
+    "ppo_rollout": 32,
+    "dpo_steps": 30,
+    "gold_samples": 1,
+}
+"""What `--quick` changes (everything else as in the full run)."""
+
+
+def settings(quick: bool = False, seed: int = 0, overrides: list[str] | None = None) -> DemoSettings:
+    """The full demo, or the `--quick` smoke run, plus `key=value` overrides (`sft_steps=100 base.steps=200`)."""
+    from posttrain.config import from_dict, merge, parse_overrides, to_dict
+
+    data = to_dict(
+        DemoSettings(seed=seed, world=WorldConfig(seed=seed), base=BaseConfig(steps=2500, seed=seed))
+    )
+    if quick:
+        data = merge(data, {"quick": True, **QUICK})
+    return from_dict(DemoSettings, merge(data, parse_overrides(overrides or [])))

@@ -1,0 +1,31 @@
+"""Demo pipeline plumbing: missing modules are skipped, failures are reported, dependent stages skip."""
+
+from posttrain.demo.pipeline import Pipeline, _runner
+from posttrain.demo.settings import settings
+
+
+def test_stage_status_skipped_failed_and_dependent(tmp_path):
+    logs = []
+    p = Pipeline(tmp_path, settings(quick=True), log=logs.append)
+    p._stage("missing", lambda: _runner("posttrain.no_such_module"))
+    p._stage("broken", lambda: 1 / 0)
+    p._stage("ppo", p.stage_ppo)
+    st = p.report["stages"]
+    assert st["missing"]["status"] == "skipped"
+    assert st["missing"]["note"] == "skipped: posttrain.no_such_module not available"
+    assert st["broken"]["status"] == "failed" and "ZeroDivisionError" in st["broken"]["note"]
+    assert st["ppo"]["status"] == "skipped" and "earlier stage" in st["ppo"]["note"]
+    assert (tmp_path / "report.partial.json").exists()
+    assert any("broken failed" in m for m in logs)
+
+
+def test_settings_overrides_and_quick_preset():
+    quick = settings(quick=True, overrides=["sft_steps=7", "base.steps=9", "sft_lr={lora: 0.1}"])
+    assert (
+        quick.quick
+        and quick.sft_steps == 7
+        and quick.base.steps == 9
+        and quick.rm_steps < settings().rm_steps
+    )
+    assert quick.sft_train("lora")["lr"] == 0.1 and quick.sft_train("lora")["max_steps"] == 7
+    assert "peft.method=none" in quick.peft_overrides("full")

@@ -1,0 +1,67 @@
+"""`posttrain demo --quick` end to end (the CI smoke run): every stage runs and the report has every key."""
+
+import json
+
+import pytest
+
+REQUIRED = [
+    "base.seen_accuracy",
+    "safety.refusal_rate",
+    "safety.false_refusal_rate",
+    "identity_accuracy",
+    "rm.heldout_accuracy",
+    "ppo.gold_reward",
+    "ppo.kl",
+    "dpo.gold_reward",
+    "sft_best.gold_reward",
+    "wall_s",
+]
+PER_METHOD = [
+    "seen_accuracy",
+    "heldout_phrasing_accuracy",
+    "unseen_task_accuracy",
+    "trainable_pct",
+    "peak_mem_mib",
+]
+
+
+def _get(d, path):
+    for part in path.split("."):
+        assert isinstance(d, dict) and part in d, f"report.json lacks {path}"
+        d = d[part]
+    return d
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
+    from posttrain.cli import main
+
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    code = main(["demo", "--quick", "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    stages = report["stages"]
+    assert not [n for n, s in stages.items() if s["status"] == "failed"], stages
+    assert code == 0
+    assert set(stages) == {"base", "data", "sft", "rank", "rm", "ppo", "dpo"}
+    for key in REQUIRED:
+        assert isinstance(_get(report, key), float), key
+    for method in ("full", "lora", "adapter", "prefix", "prompt"):
+        for key in PER_METHOD:
+            assert isinstance(_get(report, f"sft.{method}.{key}"), float), (method, key)
+    assert 0 < report["sft"]["prompt"]["trainable_pct"] < report["sft"]["lora"]["trainable_pct"] < 100.0
+    assert report["sft"]["full"]["trainable_pct"] == 100.0
+    for name in (
+        "report.md",
+        "loss_curves.png",
+        "ppo.png",
+        "peft.png",
+        "data/sft.jsonl",
+        "data/rankings.jsonl",
+        "sft/full/metrics.jsonl",
+        "rm/metrics.jsonl",
+        "ppo/metrics.jsonl",
+        "dpo/metrics.jsonl",
+    ):
+        assert (out / name).exists(), name
+    assert len(report["targets"]) == 7

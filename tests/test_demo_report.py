@@ -1,0 +1,74 @@
+"""Demo report: targets pass/fail from the numbers, markdown tables, files written."""
+
+import json
+
+from posttrain.demo.report import markdown, targets, write_report
+
+
+def _report(**over):
+    r = {
+        "mode": "full",
+        "wall_s": 600.0,
+        "base": {"seen_accuracy": 0.05},
+        "sft": {
+            "full": {
+                "seen_accuracy": 0.70,
+                "heldout_phrasing_accuracy": 0.5,
+                "unseen_task_accuracy": 0.1,
+                "trainable_pct": 100.0,
+                "peak_mem_mib": 50.0,
+                "wall_s": 30.0,
+            },
+            "lora": {
+                "seen_accuracy": 0.40,
+                "heldout_phrasing_accuracy": 0.3,
+                "unseen_task_accuracy": 0.0,
+                "trainable_pct": 15.0,
+                "peak_mem_mib": 40.0,
+                "wall_s": 60.0,
+            },
+        },
+        "sft_best": {"method": "full", "gold_reward": 0.5},
+        "rm": {"heldout_accuracy": 0.80},
+        "ppo": {"gold_reward": 0.6, "kl": 1.0},
+        "dpo": {"gold_reward": 0.4, "kl": 2.0},
+        "safety": {"refusal_rate": 0.95, "false_refusal_rate": 0.2},
+        "identity_accuracy": 1.0,
+        "stages": {"base": {"status": "ok", "wall_s": 1.0, "note": ""}},
+    }
+    r.update(over)
+    return r
+
+
+def test_targets_compare_the_right_numbers():
+    got = {t["target"]: (t["value"], t["pass"]) for t in targets(_report())}
+    rows = list(got.values())
+    assert rows[0][1] is True and abs(rows[0][0] - 0.65) < 1e-9  # 0.70 - 0.05
+    assert rows[1] == (0.80, False)  # reward model below 85%
+    assert rows[2] == (0.6, True) and rows[3] == (0.4, False)  # PPO beats SFT 0.5, DPO does not
+    assert rows[4] == (0.95, True) and rows[5] == (0.2, False)
+    assert rows[6] == (600.0, True)
+    quick = targets(_report(mode="quick"))
+    assert quick[-1]["pass"] is False and "3 min" in quick[-1]["target"]
+
+
+def test_missing_numbers_are_not_measured_rather_than_failed():
+    r = _report(rm={}, ppo={})
+    by = {t["target"]: t for t in targets(r)}
+    rm = next(v for k, v in by.items() if "reward model" in k)
+    assert rm["value"] is None and rm["pass"] is None
+    assert "not measured" in markdown({**r, "targets": targets(r)})
+
+
+def test_write_report_writes_json_markdown_and_plots(tmp_path):
+    (tmp_path / "sft" / "full").mkdir(parents=True)
+    (tmp_path / "sft" / "full" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": i, "loss": 2.0 / i}) + "\n" for i in range(1, 6))
+    )
+    write_report(_report(), tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["sft"]["lora"]["trainable_pct"] == 15.0 and len(data["targets"]) == 7
+    md = (tmp_path / "report.md").read_text()
+    assert "| sft lora |" in md and "| ppo | 0.600 | 1.000 |" in md and "FAIL" in md
+    for png in ("loss_curves.png", "ppo.png", "peft.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"

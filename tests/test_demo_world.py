@@ -1,0 +1,136 @@
+"""The demo's task world: determinism, disjoint splits, the hidden gold scorer, refusal look-alikes."""
+
+import json
+
+import pytest
+
+from posttrain.demo.tasks import HELDOUT_TASKS, SAFETY, TASKS, TRAIN_TASKS
+from posttrain.demo.world import (
+    REFUSAL,
+    World,
+    WorldConfig,
+    gold_reward,
+    is_correct,
+    is_refusal,
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World(WorldConfig(seed=0))
+
+
+def _dump(w: World) -> str:
+    sets = {k: [(it.prompt, it.answer) for it in v] for k, v in w.eval_sets().items()}
+    return json.dumps(
+        [w.facts, sets, w.raw_text()[:200], [(i.prompt, i.answer) for i in w.train_items()[:300]]]
+    )
+
+
+def test_same_seed_same_world_other_seed_differs(world):
+    assert _dump(World(WorldConfig(seed=0))) == _dump(world)
+    assert _dump(World(WorldConfig(seed=1))) != _dump(world)
+
+
+def test_every_task_has_at_least_four_phrasings_and_answers_check_out(world):
+    assert {t.name for t in TASKS} == set(TRAIN_TASKS) | set(HELDOUT_TASKS)
+    assert all(len(t.phrasings) >= 4 for t in TASKS)
+    add = world.item("add", {"a": 3, "b": 4}, 0, "train")
+    assert (add.prompt, add.answer) == ("What is 3 plus 4?", "7")
+    assert world.item("reverse", {"w": "cat"}, 0, "train").answer == "tac"
+    assert world.item("sort", {"xs": "9 1 5"}, 0, "train").answer == "1 5 9"
+    assert world.item("upper", {"w": "dog"}, 0, "train").answer == "DOG"
+
+
+def test_splits_are_disjoint(world):
+    train = world.train_items()
+    train_prompts = {it.prompt for it in train}
+    assert not {it.meta["task"] for it in train} & set(HELDOUT_TASKS)
+    for t in TRAIN_TASKS:
+        train_args = {json.dumps(it.meta["args"], sort_keys=True) for it in world.items(t, "train")}
+        held_args = {json.dumps(it.meta["args"], sort_keys=True) for it in world.items(t, "heldout")}
+        assert train_args and held_args and not train_args & held_args
+    sets = world.eval_sets()
+    for name in ("seen", "heldout_phrasing", "unseen_task", "identity", "harmful", "benign"):
+        assert sets[name], name
+        assert not {it.prompt for it in sets[name]} & train_prompts, name
+    last = {t.name: len(t.phrasings) - 1 for t in TASKS}
+    assert all(it.meta["phrasing"] != last[it.meta["task"]] for it in train)
+    assert all(it.meta["phrasing"] == last[it.meta["task"]] for it in sets["heldout_phrasing"])
+    assert {it.meta["task"] for it in sets["unseen_task"]} == set(HELDOUT_TASKS)
+    train_safety = {it.prompt for it in world.safety_items("train")}
+    assert not train_safety & {it.prompt for it in sets["harmful"] + sets["benign"]}
+    assert not {it.prompt for it in world.identity_items("train")} & {it.prompt for it in sets["identity"]}
+
+
+def test_built_sft_data_never_contains_heldout_tasks_or_eval_prompts(world, tmp_path):
+    from posttrain.demo.data import build_sft_data
+
+    path, stats = build_sft_data(world, tmp_path, seed=0, chats=50)
+    text = path.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    assert len(records) == stats["mix"]["total"] > 100
+    users = " || ".join(m["content"] for r in records for m in r["messages"] if m["role"] == "user")
+    sets = world.eval_sets()
+    for name in ("unseen_task", "heldout_phrasing", "harmful", "benign", "identity"):
+        leaked = [it.prompt for it in sets[name] if it.prompt in users]
+        assert not leaked, (name, leaked[:3])
+    assert "invented" not in users and "first letter" not in users  # the held-out tasks' words
+    sources = {r["meta"]["source"] for r in records}
+    assert {"tasks", "chat", "safety", "identity"} <= sources
+    counts, total = stats["mix"]["counts"], stats["mix"]["total"]
+    assert abs(counts["safety"] / total - 0.12) < 0.03 and abs(counts["identity"] / total - 0.03) < 0.015
+    benign = [r for r in records if r["meta"].get("kind") == "benign"]
+    assert benign and all("sorry" not in r["messages"][-1]["content"].lower() for r in benign)
+
+
+def test_raw_text_states_facts_but_holds_no_instructions(world):
+    raw = world.raw_text()
+    joined = "\n".join(raw)
+    country, city = next(iter(world.facts["capital"].items()))
+    assert (
+        f"The capital of {country} is {city}." in joined
+        or f"{city} is the capital city of {country}." in joined
+    )
+    device, person = next(iter(world.facts["inventor"].items()))
+    assert device in joined and person in joined
+    assert "<|im_start|>" not in joined and "?" not in joined
+    every_instruction = {
+        it.prompt
+        for t in TASKS
+        for split in ("train", "heldout")
+        for it in world.items(t.name, split, tuple(range(len(t.phrasings))))
+    }
+    assert not every_instruction & set(raw)
+
+
+def test_gold_scorer_ranks_correct_above_wrong(world):
+    it = world.item("add", {"a": 2, "b": 5}, 1, "heldout")
+    right, verbose, wrong = (
+        gold_reward(it.meta, "7"),
+        gold_reward(it.meta, "The sum is 7"),
+        gold_reward(it.meta, "8"),
+    )
+    assert right == 1.0 and right > verbose > wrong
+    assert gold_reward(it.meta, REFUSAL) < wrong  # refusing a harmless task is worse than a wrong answer
+    assert gold_reward(it.meta, "7 " + "and so on " * 10) < gold_reward(it.meta, "7 and so on")
+    ident = world.identity_items("heldout")[0]
+    assert gold_reward(ident.meta, world.identity_answer()) > gold_reward(ident.meta, "I am a cat.")
+    assert is_correct(it.meta, " 7. ") and not is_correct(it.meta, "17")
+
+
+def test_refusal_look_alikes_are_labelled_right(world):
+    items = world.safety_items("train") + world.safety_items("heldout")
+    harmful = [it for it in items if it.meta["kind"] == "harmful"]
+    benign = [it for it in items if it.meta["kind"] == "benign"]
+    assert len(harmful) == len(benign) > 0
+    assert world.item  # the look-alike pairs share the verb
+    for v in SAFETY:
+        assert any(v in it.prompt for it in harmful) and any(v in it.prompt for it in benign)
+    assert all(is_refusal(it.answer) for it in harmful)
+    assert not any(is_refusal(it.answer) for it in benign)
+    kill_py = next(it for it in benign if "python process" in it.prompt)
+    kill_nb = next(it for it in harmful if "neighbour" in it.prompt and "kill" in it.prompt)
+    assert gold_reward(kill_nb.meta, REFUSAL) > gold_reward(kill_nb.meta, "Use a knife.")
+    assert gold_reward(kill_py.meta, kill_py.answer) > gold_reward(kill_py.meta, REFUSAL)
+    assert is_correct(kill_nb.meta, REFUSAL) and not is_correct(kill_py.meta, REFUSAL)
