@@ -1,0 +1,290 @@
+"""Reward model (RLHF step 2): a causal-LM trunk with a scalar head, trained on human comparisons.
+
+    rm = RewardModel(model)                       # model: any HF causal LM, PEFT applied or not
+    r = rm(input_ids, attention_mask)             # (B,) one score per row, read at the last real token
+    loss = bradley_terry_loss(r_chosen, r_rejected, margin).sum()
+
+Bradley-Terry (Ouyang et al. 2022, "Training language models to follow instructions with human
+feedback", eq. 1; Llama 2 adds the margin): -log sigmoid(r_c - r_r - m). Rankings of K responses can also
+be trained listwise with the Plackett-Luce likelihood (the K-way generalisation of Bradley-Terry; Zhu et al.
+2023, "Principled RLHF from Pairwise or K-wise Comparisons").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HEAD_FILE = "score_head.safetensors"
+CONFIG_FILE = "reward_config.json"
+
+
+@dataclass
+class RMArgs:
+    """`rm:` section of `posttrain rm` configs."""
+
+    loss: str = "pairwise"
+    """pairwise (Bradley-Terry over all pairs; rankings expanded) | listwise (Plackett-Luce over whole
+    rankings)."""
+    margin: bool = True
+    """Subtract a record's `margin` (when it has one) inside the pairwise loss: -log sigmoid(r_c - r_r -
+    margin)."""
+    head_init_std: float = 0.0
+    """Std of the score head's normal init; 0 means 1/sqrt(hidden_size + 1) (the InstructGPT / TRL choice)."""
+    prompt_floor: int = 64
+    """When a sample is too long, the prompt is cut from the left down to this many tokens before
+    responses."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# pure losses
+
+
+def bradley_terry_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-pair loss -log sigmoid(r_c - r_r - margin). (B,), (B,), (B,) or None -> (B,)."""
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin
+    return -F.logsigmoid(diff)
+
+
+def plackett_luce_loss(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-ranking negative log-likelihood of the order best-first under Plackett-Luce.
+
+    scores: (G, K) with each row's responses best first; mask: (G, K) True on real entries (rankings shorter
+    than K are padded at the end). loss_g = -sum_i [s_i - logsumexp_{j >= i} s_j]. With K = 2 this is
+    Bradley-Terry.
+    """
+    if mask is None:
+        mask = torch.ones_like(scores, dtype=torch.bool)
+    s = scores.masked_fill(~mask, float("-inf"))
+    tail = torch.logcumsumexp(s.flip(-1), dim=-1).flip(-1)  # (G, K) logsumexp over positions i..K-1
+    terms = torch.where(mask, scores - tail, torch.zeros_like(scores))
+    return -terms.sum(-1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the model
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, from the mask alone (works for left, right or no padding). (B, T)
+    -> (B,)"""
+    T = attention_mask.shape[-1]
+    pos = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), pos, torch.full_like(pos, -1)).max(-1).values.clamp(min=0)
+
+
+def _trunk(lm: nn.Module) -> nn.Module:
+    """The transformer without its LM head (`model.model` for Llama, `model.transformer` for GPT-2)."""
+    trunk = getattr(lm, "base_model", None)
+    if trunk is None or trunk is lm:
+        raise ValueError(f"{type(lm).__name__} has no separate trunk (base_model) to put a score head on")
+    return trunk
+
+
+class RewardModel(nn.Module):
+    """A causal LM's trunk + `nn.Linear(hidden, 1)`; the score is read at the last real token of each row."""
+
+    def __init__(self, lm: nn.Module, head_init_std: float = 0.0):
+        super().__init__()
+        self.lm = lm  # kept whole so adapters save and load the usual way; only the trunk runs
+        hidden = lm.config.get_text_config().hidden_size
+        self.score_head = nn.Linear(hidden, 1)
+        std = head_init_std or 1.0 / (hidden + 1) ** 0.5
+        nn.init.normal_(self.score_head.weight, std=std)
+        nn.init.zeros_(self.score_head.bias)
+        param = next(lm.parameters())
+        self.score_head.to(device=param.device)  # stays fp32 whatever the trunk's dtype
+
+    @property
+    def config(self) -> Any:
+        return self.lm.config
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.lm.gradient_checkpointing_enable(**kwargs)
+
+    def enable_input_require_grads(self) -> None:
+        self.lm.enable_input_require_grads()
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if position_ids is None:  # count real tokens only, so left padding gets the right positions
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = _trunk(self.lm)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        hidden = out.last_hidden_state  # (B, T, H)
+        last = last_token_index(attention_mask)  # (B,)
+        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+        return self.score_head(h.float()).squeeze(-1)  # (B,)
+
+    @torch.no_grad()
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask (any padding side) -> (B,) fp32 scores, without gradients."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(input_ids, attention_mask)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def score_texts(
+        self, tokenizer, prompts: list, responses: list[str], template: str = "auto", batch_size: int = 16
+    ) -> list[float]:
+        """Score `responses[i]` as the reply to `prompts[i]` (a string or a message list)."""
+        from posttrain.data.chat import encode_prompt
+        from posttrain.data.preference import pad_rows, response_ids
+        from posttrain.data.schema import Message, messages_from
+
+        device = self.score_head.weight.device
+        scores: list[float] = []
+        for i in range(0, len(prompts), batch_size):
+            ps, rs = [], []
+            for prompt, resp in zip(prompts[i : i + batch_size], responses[i : i + batch_size]):
+                is_msgs = isinstance(prompt, list) and all(isinstance(m, Message) for m in prompt)
+                msgs = prompt if is_msgs else messages_from(prompt, fld="prompt")
+                p_ids = encode_prompt(tokenizer, msgs, template)
+                ps.append(p_ids)
+                rs.append(response_ids(tokenizer, msgs, [Message("assistant", resp)], p_ids, template))
+            batch = pad_rows(ps, rs, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+            scores += self.score(batch["input_ids"].to(device), batch["attention_mask"].to(device)).tolist()
+        return scores
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the objective the training loop calls
+
+
+def _summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Metric sums as detached tensors (the loop syncs with the device once per step, not per metric)."""
+    d = (chosen - rejected).detach().float()
+    return {
+        "accuracy": (d > 0).float().sum(),
+        "margin": d.sum(),
+        "reward/chosen": chosen.detach().float().sum(),
+        "reward/rejected": rejected.detach().float().sum(),
+    }
+
+
+class PairwiseRewardObjective:
+    """Bradley-Terry over a batch of 2B rows (chosen rows, then rejected rows). Units: pairs."""
+
+    name = "rm"
+
+    def __init__(self, use_margin: bool = True):
+        self.use_margin = use_margin
+
+    def units(self, batch: dict) -> int:
+        return int(batch["num_pairs"])
+
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        scores = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])  # (2B,)
+        chosen, rejected = scores.chunk(2)
+        margin = batch["margin"].to(scores.device) if self.use_margin else None
+        return bradley_terry_loss(chosen, rejected, margin).sum(), _summary(chosen, rejected)
+
+
+class ListwiseRewardObjective:
+    """Plackett-Luce over whole rankings (rows best first per ranking). Units: rankings.
+
+    Metrics compare each ranking's best response with its worst."""
+
+    name = "rm"
+
+    def units(self, batch: dict) -> int:
+        return int(batch["num_rankings"])
+
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        scores = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])  # (sum K,)
+        groups = list(scores.split(batch["group_sizes"]))
+        padded = nn.utils.rnn.pad_sequence(groups, batch_first=True)  # (G, Kmax)
+        sizes = torch.tensor(batch["group_sizes"], device=scores.device)
+        mask = torch.arange(padded.shape[1], device=scores.device)[None] < sizes[:, None]
+        best = torch.stack([g[0] for g in groups])
+        worst = torch.stack([g[-1] for g in groups])
+        return plackett_luce_loss(padded, mask).sum(), _summary(best, worst)
+
+
+OBJECTIVES = {
+    "pairwise": lambda args: PairwiseRewardObjective(args.margin),
+    "listwise": lambda args: ListwiseRewardObjective(),
+}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# save / load
+
+
+def save_reward_model(rm: RewardModel, tokenizer, cfg, directory: str | Path) -> None:
+    """The LM part through `run.common.save_final` (adapter dir for PEFT, HF dir otherwise) + head +
+    config."""
+    from safetensors.torch import save_file
+
+    from posttrain.run.common import save_final
+
+    directory = Path(directory)
+    save_final(rm.lm, tokenizer, cfg, directory)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in rm.score_head.state_dict().items()}
+    save_file(state, str(directory / HEAD_FILE))
+    meta = {
+        "base_model": cfg.model,
+        "template": cfg.template,
+        "hidden_size": rm.score_head.in_features,
+        "is_adapter": (directory / "adapter_config.json").exists(),
+        "base_adapter": cfg.adapter if cfg.peft.method != "none" else None,
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def _load_lm(directory: Path, meta: dict, base_model: Any, device: str, dtype: str):
+    """(causal LM with the reward model's weights, tokenizer) for adapter or full-model directories."""
+    from posttrain.models import load_tokenizer
+    from posttrain.peft import load_adapter, merge_and_unload
+    from posttrain.run.common import load_for_inference
+
+    if not meta["is_adapter"]:
+        return load_for_inference(str(directory), dtype=dtype, device=device)
+    if isinstance(base_model, nn.Module):
+        lm, tok = base_model, load_tokenizer(str(directory))
+    else:
+        lm, tok = load_for_inference(base_model or meta["base_model"], dtype=dtype, device=device)
+    if meta.get(
+        "base_adapter"
+    ):  # trained on top of a merged adapter (e.g. an SFT LoRA): merge it the same way
+        load_adapter(lm, meta["base_adapter"], adapter_name="base")
+        lm = merge_and_unload(lm)
+    load_adapter(lm, str(directory))
+    return lm, tok
+
+
+def load_reward_model(
+    directory: str | Path, base_model: Any = None, device: str = "cpu", dtype: str = "auto"
+) -> RewardModel:
+    """Rebuild a saved RewardModel. `base_model`: path/Hub name (default: the one recorded at training time)
+    or an already loaded causal LM, used when `directory` holds an adapter. The returned model is in eval mode
+    and frozen; `rm.tokenizer` and `rm.template` are set for `score_texts`."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{directory}: not a reward model directory (no {CONFIG_FILE})")
+    meta = json.loads(cfg_path.read_text())
+    lm, tok = _load_lm(directory, meta, base_model, device, dtype)
+    rm = RewardModel(lm)
+    rm.score_head.load_state_dict(load_file(str(directory / HEAD_FILE)))
+    rm.score_head.to(next(lm.parameters()).device)
+    rm.tokenizer, rm.template = tok, meta["template"]
+    rm.requires_grad_(False)
+    return rm.eval()

@@ -1,0 +1,221 @@
+"""`posttrain dpo --config dpo.yaml key=value ...`: direct preference optimisation (dpo | ipo | simpo).
+
+Where the reference log-probs come from (see `reference_plan`):
+  - training an adapter (peft.method != none): the same model with its adapters switched off, under no_grad in
+    the same step; one extra forward and no second model in memory. When an `adapter:` (e.g. an SFT LoRA) is
+    loaded as the starting point, `run.common.setup_model` merges it into the base first, so "adapters off" is
+    exactly the SFT policy, not the raw base;
+  - peft.method = none (full fine-tuning, or training a loaded `adapter:` further): the starting policy's
+    log-probs, precomputed once before the first update with every adapter ON (switching adapters off there
+    would give the raw base model, not the SFT policy that DPO must stay close to);
+  - `dpo.ref_model: path`: a separate frozen model (per step, or precomputed with `dpo.precompute_ref=true`).
+Precomputed values are written to `output_dir/ref_logps.pt` with a fingerprint of the data, so a resumed run
+reads them back instead of recomputing them from an already-updated policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from posttrain.config import ConfigError, RunConfig, load_config, save_config, to_dict
+from posttrain.data.preference import (
+    PairSample,
+    PreferenceBatches,
+    pair_collate,
+    read_splits,
+    shared_prompt_collate,
+    to_pairs,
+    tokenize_pairs,
+)
+from posttrain.data.schema import DataError
+from posttrain.objectives.dpo import (
+    NEEDS_REFERENCE,
+    DPOArgs,
+    DPOObjective,
+    evaluate_pairs,
+    precompute_reference,
+)
+from posttrain.train.loop import TrainingError
+
+REF_FILE = "ref_logps.pt"
+
+
+@dataclass
+class DPOConfig(RunConfig):
+    """`posttrain dpo`: preference optimisation without a reward model."""
+
+    dpo: DPOArgs = field(default_factory=DPOArgs)
+
+
+def reference_plan(cfg: DPOConfig) -> str:
+    """none (SimPO) | adapters_off | precompute (starting policy) | ref_model | ref_model_precompute."""
+    if not NEEDS_REFERENCE[cfg.dpo.loss]:
+        return "none"
+    if cfg.dpo.ref_model:
+        return "ref_model_precompute" if cfg.dpo.precompute_ref else "ref_model"
+    if cfg.dpo.precompute_ref or cfg.peft.method == "none":
+        return "precompute"
+    return "adapters_off"
+
+
+def pick_collate(cfg: DPOConfig, model: torch.nn.Module, max_length: int):
+    """shared_prompt_collate where a custom 4D mask computes the same thing as separate rows, else
+    pair_collate."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    ok = (
+        cfg.dpo.share_prompt
+        and config._attn_implementation == "sdpa"
+        and cfg.peft.method not in ("prefix", "prompt")
+        and not (window and window < max_length)
+    )
+    return shared_prompt_collate if ok else pair_collate
+
+
+def _fingerprint(samples: list[PairSample], ref_name: str) -> str:
+    h = hashlib.sha256(ref_name.encode())
+    for s in samples:
+        h.update(json.dumps([s.prompt_ids, s.chosen_ids, s.rejected_ids]).encode())
+    return h.hexdigest()
+
+
+def load_or_precompute(
+    model: torch.nn.Module,
+    samples: list[PairSample],
+    path: Path,
+    pad_id: int,
+    batch_size: int,
+    ref_name: str,
+    collate=None,
+) -> bool:
+    """Fill every sample's ref_chosen / ref_rejected from `path` when its fingerprint matches, else compute
+    them with `model` as it is now and write `path`. Returns True when the values were read back."""
+    key = _fingerprint(samples, ref_name)
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        if saved["fingerprint"] == key:
+            for s, c, r in zip(samples, saved["chosen"].tolist(), saved["rejected"].tolist()):
+                s.ref_chosen, s.ref_rejected = c, r
+            return True
+    precompute_reference(model, samples, pad_id, batch_size, ref="self", collate=collate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "fingerprint": key,
+            "chosen": torch.tensor([s.ref_chosen for s in samples]),
+            "rejected": torch.tensor([s.ref_rejected for s in samples]),
+        },
+        tmp,
+    )
+    tmp.replace(path)
+    return False
+
+
+def _reference(cfg: DPOConfig, model, samples: list[PairSample], pad_id: int, collate):
+    """Set up the reference for `reference_plan(cfg)`; returns what DPOObjective takes as `ref`."""
+    plan = reference_plan(cfg)
+    if plan in ("none", "adapters_off"):
+        return None if plan == "none" else "adapters_off"
+    ref_model = model
+    if plan.startswith("ref_model"):
+        from posttrain.run.common import load_for_inference
+
+        device = str(next(model.parameters()).device)
+        ref_model, _ = load_for_inference(cfg.dpo.ref_model, dtype=cfg.dtype, device=device)
+        ref_model.requires_grad_(False).eval()
+        if plan == "ref_model":
+            return ref_model
+    path = Path(cfg.output_dir) / REF_FILE
+    load_or_precompute(
+        ref_model, samples, path, pad_id, cfg.train.batch_size, cfg.dpo.ref_model or "policy@0", collate
+    )
+    return None  # every batch now carries ref_logps
+
+
+def prepare(cfg: DPOConfig):
+    """Model, tokenizer, objective, batch source and held-out samples of a DPO run (everything before
+    `fit`)."""
+    from posttrain.run.common import setup_model
+
+    model, tok = setup_model(cfg)
+    train_items, eval_items = read_splits(
+        cfg.data, cfg.data_format, cfg.system_prompt, cfg.eval_data, cfg.eval_fraction, cfg.train.seed
+    )
+
+    def tokenize(items: list) -> tuple:
+        return tokenize_pairs(to_pairs(items), tok, cfg.template, cfg.train.max_length, cfg.dpo.prompt_floor)
+
+    train_s, report = tokenize(train_items)
+    eval_s, _ = tokenize(eval_items) if eval_items else ([], None)
+    if report.prompt_truncated or report.response_truncated:
+        print(
+            f"dpo: truncated {report.prompt_truncated} prompts and {report.response_truncated} responses of "
+            f"{report.samples} pairs to max_length {cfg.train.max_length}"
+        )
+    pad_id, collate = tok.pad_token_id, pick_collate(cfg, model, cfg.train.max_length)
+    ref = _reference(cfg, model, train_s + eval_s, pad_id, collate)
+    objective = DPOObjective(cfg.dpo, ref=ref)
+    source = PreferenceBatches(
+        train_s,
+        cfg.train.batch_size,
+        cfg.train.grad_accum,
+        cfg.train.seed,
+        pad_id,
+        collate=collate,
+        group_by_length=cfg.train.group_by_length,
+    )
+    return model, tok, objective, source, eval_s
+
+
+def run(cfg: DPOConfig) -> dict:
+    from posttrain.run.common import save_final
+    from posttrain.train.loop import fit
+
+    model, tok, objective, source, eval_s = prepare(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    pad_id, bs = tok.pad_token_id, cfg.train.batch_size
+    collate = source.collate
+    eval_fn = (lambda m: evaluate_pairs(m, objective, eval_s, pad_id, bs, collate)) if eval_s else None
+    return fit(
+        model,
+        objective,
+        source,
+        cfg.train,
+        out,
+        eval_fn=eval_fn,
+        save_fn=lambda m, d: save_final(m, tok, cfg, d),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="posttrain dpo", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", help="YAML config (DPOConfig); keys can be overridden below")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    ap.add_argument("overrides", nargs="*", help="key=value, e.g. dpo.beta=0.1 dpo.loss=ipo peft.method=lora")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(DPOConfig, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"posttrain dpo: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    try:
+        result = run(cfg)
+    except (ConfigError, DataError, TrainingError, ValueError, FileNotFoundError) as e:
+        print(f"posttrain dpo: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}))
+    return 0

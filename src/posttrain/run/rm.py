@@ -1,0 +1,162 @@
+"""`posttrain rm --config rm.yaml key=value ...`: train a reward model on preference pairs or rankings.
+
+The result directory holds the LM part the usual way (a PEFT adapter directory, or a full HF model directory
+when `peft.method: none`) plus `score_head.safetensors` and `reward_config.json`; `load_reward_model(dir)`
+restores it. Held-out pairwise accuracy and mean margin (r_chosen - r_rejected) are logged from `eval_data` /
+`eval_fraction`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from posttrain.config import ConfigError, RunConfig, load_config, save_config, to_dict
+from posttrain.data.preference import (
+    PairSample,
+    PreferenceBatches,
+    RankSample,
+    pair_collate,
+    ranking_collate,
+    read_splits,
+    to_pairs,
+    tokenize_pairs,
+    tokenize_rankings,
+)
+from posttrain.data.schema import DataError, Ranking
+from posttrain.objectives.reward import (
+    OBJECTIVES,
+    PairwiseRewardObjective,
+    RewardModel,
+    RMArgs,
+    save_reward_model,
+)
+from posttrain.train.loop import TrainingError
+
+
+@dataclass
+class RMConfig(RunConfig):
+    """`posttrain rm`: reward model = LM trunk + scalar head, Bradley-Terry or Plackett-Luce."""
+
+    rm: RMArgs = field(default_factory=RMArgs)
+
+
+def tokenize_for(cfg: RMConfig, items: list, tok) -> tuple[list, object]:
+    """Pairwise: every record as pairs (rankings expanded). Listwise: rankings kept; a pair is a 2-way
+    ranking."""
+    args = (tok, cfg.template, cfg.train.max_length, cfg.rm.prompt_floor)
+    if cfg.rm.loss == "pairwise":
+        return tokenize_pairs(to_pairs(items), *args)
+    rankings = [x for x in items if isinstance(x, Ranking)]
+    ranked, report = tokenize_rankings(rankings, *args) if rankings else ([], None)
+    pairs, pair_report = tokenize_pairs([x for x in items if not isinstance(x, Ranking)], *args)
+    ranked += [RankSample(p.prompt_ids, [p.chosen_ids, p.rejected_ids]) for p in pairs]
+    return ranked, report or pair_report
+
+
+@torch.no_grad()
+def evaluate_rm(
+    rm: RewardModel, samples: list[PairSample], pad_id: int, batch_size: int = 8
+) -> dict[str, float]:
+    """Held-out pairwise accuracy, mean margin and mean Bradley-Terry loss."""
+    was_training = rm.training
+    rm.eval()
+    device = rm.score_head.weight.device
+    objective, totals = PairwiseRewardObjective(), {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+    try:
+        for i in range(0, len(samples), batch_size):
+            batch = pair_collate(samples[i : i + batch_size], pad_id)
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            loss, m = objective.loss(rm, batch)
+            totals["loss"] += float(loss)
+            totals["accuracy"] += float(m["accuracy"])
+            totals["margin"] += float(m["margin"])
+    finally:
+        rm.train(was_training)
+    return {k: v / len(samples) for k, v in totals.items()}
+
+
+def prepare(cfg: RMConfig):
+    """Reward model, tokenizer, objective, batch source and held-out pairs (everything before `fit`)."""
+    from posttrain.run.common import setup_model
+
+    if cfg.rm.loss not in OBJECTIVES:
+        raise ValueError(f"rm.loss must be one of {', '.join(OBJECTIVES)}, got {cfg.rm.loss!r}")
+    lm, tok = setup_model(cfg)
+    rm = RewardModel(lm, cfg.rm.head_init_std)
+    train_items, eval_items = read_splits(
+        cfg.data, cfg.data_format, cfg.system_prompt, cfg.eval_data, cfg.eval_fraction, cfg.train.seed
+    )
+    train_s, report = tokenize_for(cfg, train_items, tok)
+    if report.prompt_truncated or report.response_truncated:
+        print(
+            f"rm: truncated {report.prompt_truncated} prompts and {report.response_truncated} responses of "
+            f"{report.samples} samples to max_length {cfg.train.max_length}"
+        )
+    eval_s = (
+        tokenize_pairs(to_pairs(eval_items), tok, cfg.template, cfg.train.max_length, cfg.rm.prompt_floor)[0]
+        if eval_items
+        else []
+    )
+    collate = pair_collate if cfg.rm.loss == "pairwise" else ranking_collate
+    source = PreferenceBatches(
+        train_s,
+        cfg.train.batch_size,
+        cfg.train.grad_accum,
+        cfg.train.seed,
+        tok.pad_token_id,
+        collate=collate,
+        group_by_length=cfg.train.group_by_length,
+    )
+    return rm, tok, OBJECTIVES[cfg.rm.loss](cfg.rm), source, eval_s
+
+
+def run(cfg: RMConfig) -> dict:
+    from posttrain.train.loop import fit
+
+    rm, tok, objective, source, eval_s = prepare(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    pad_id, bs = tok.pad_token_id, cfg.train.batch_size
+    eval_fn = (lambda m: evaluate_rm(m, eval_s, pad_id, bs)) if eval_s else None
+    return fit(
+        rm,
+        objective,
+        source,
+        cfg.train,
+        out,
+        eval_fn=eval_fn,
+        save_fn=lambda m, d: save_reward_model(m, tok, cfg, d),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="posttrain rm", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", help="YAML config (RMConfig); keys can be overridden below")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    ap.add_argument(
+        "overrides", nargs="*", help="key=value, e.g. rm.loss=listwise peft.method=lora train.lr=1e-5"
+    )
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(RMConfig, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"posttrain rm: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    try:
+        result = run(cfg)
+    except (ConfigError, DataError, TrainingError, ValueError, FileNotFoundError) as e:
+        print(f"posttrain rm: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}))
+    return 0
