@@ -108,3 +108,22 @@ def test_cli_add_token_stats(tmp_path, capsys):
     assert main(["stats", "--db", db]) == 0
     out = capsys.readouterr().out
     assert "added 1 tasks" in out and "tasks: 1" in out
+
+
+def test_add_samples_k_responses_with_the_rollout_engine(tmp_path):
+    from posttrain.models import tiny_model, tiny_tokenizer
+
+    model_dir = tmp_path / "m"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": q, "meta": {"i": i}}) for i, q in enumerate(["hi", "2+2?"])))
+    db = str(tmp_path / "f.sqlite")
+    assert main(["add", "--db", db, "--prompts", str(prompts), "--model", str(model_dir), "--k", "3",
+                 "--max-new-tokens", "4", "--template", "chatml"]) == 0
+    store = Store(db)
+    assert store.counts()["tasks"] == 2
+    labeller = store.labeller_for(store.add_labeller("a"))[0]
+    task = store.next_task(labeller)
+    assert len(task.responses) == 3 and task.prompt == [{"role": "user", "content": "hi"}]
+    assert task.meta["i"] == 0 and task.meta["model"] == str(model_dir)
