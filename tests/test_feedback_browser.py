@@ -11,13 +11,25 @@ from posttrain.feedback.server import serve_in_thread
 from posttrain.feedback.store import Store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
 if CHROMIUM is None:
-    pytest.skip("Debian chromium is not installed (apt-get install chromium); browser test skipped",
-                allow_module_level=True)
+    pytest.skip(
+        "Debian chromium is not installed (apt-get install chromium); browser test skipped",
+        allow_module_level=True,
+    )
 
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 
 
@@ -32,10 +44,12 @@ def browser():
 def test_rank_two_tasks_then_export(tmp_path, browser):
     db = str(tmp_path / "f.sqlite")
     store = Store(db)
-    store.add_tasks([
-        {"prompt": [{"role": "user", "content": "What is 2+2?"}], "responses": ["4", "5", XSS]},
-        {"prompt": [{"role": "user", "content": "Capital of France?"}], "responses": ["Paris", "Rome"]},
-    ])
+    store.add_tasks(
+        [
+            {"prompt": [{"role": "user", "content": "What is 2+2?"}], "responses": ["4", "5", XSS]},
+            {"prompt": [{"role": "user", "content": "Capital of France?"}], "responses": ["Paris", "Rome"]},
+        ]
+    )
     token = store.add_labeller("alice")
     server, url = serve_in_thread(db)
     try:
@@ -47,7 +61,9 @@ def test_rank_two_tasks_then_export(tmp_path, browser):
         texts = page.locator("#responses li .text").all_inner_texts()
         assert XSS in texts
         assert page.evaluate("window.__pwned") is None
-        first = [int(i) for i in page.locator("#responses li").evaluate_all("els => els.map(e => e.dataset.index)")]
+        first = [
+            int(i) for i in page.locator("#responses li").evaluate_all("els => els.map(e => e.dataset.index)")
+        ]
         # keyboard: select the last response, move it to the top, mark it helpful, flag the second
         page.keyboard.press("3")
         page.keyboard.press("u")

@@ -12,8 +12,11 @@ from posttrain.feedback.store import Store
 
 
 def call(url, token=None, body=None):
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=10) as r:
@@ -24,8 +27,10 @@ def call(url, token=None, body=None):
 def app(tmp_path):
     db = str(tmp_path / "f.sqlite")
     store = Store(db)
-    store.add_tasks([{"prompt": [{"role": "user", "content": f"q{i}"}], "responses": ["a", "b", "c"]}
-                     for i in range(30)], max_labels=2)
+    store.add_tasks(
+        [{"prompt": [{"role": "user", "content": f"q{i}"}], "responses": ["a", "b", "c"]} for i in range(30)],
+        max_labels=2,
+    )
     server, url = serve_in_thread(db)
     yield store, url
     server.shutdown()

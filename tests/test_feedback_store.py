@@ -94,14 +94,18 @@ def test_kendall_tau_hand_values():
 
 def test_import_names_file_and_line(tmp_path):
     bad = tmp_path / "r.jsonl"
-    bad.write_text(json.dumps({"prompt": "hi", "responses": ["a", "b"]}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
+    bad.write_text(
+        json.dumps({"prompt": "hi", "responses": ["a", "b"]}) + "\n" + json.dumps({"prompt": "x"}) + "\n"
+    )
     with pytest.raises(ValueError, match=r"r\.jsonl:2 field 'responses'"):
         import_responses(str(bad))
 
 
 def test_cli_add_token_stats(tmp_path, capsys):
     src = tmp_path / "r.jsonl"
-    src.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "responses": ["a", "b"]}) + "\n")
+    src.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], "responses": ["a", "b"]}) + "\n"
+    )
     db = str(tmp_path / "f.sqlite")
     assert main(["add", "--db", db, "--responses", str(src), "--max-labels", "2"]) == 0
     assert main(["token", "--db", db, "--name", "bob"]) == 0
@@ -117,10 +121,30 @@ def test_add_samples_k_responses_with_the_rollout_engine(tmp_path):
     tiny_model("llama").save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": q, "meta": {"i": i}}) for i, q in enumerate(["hi", "2+2?"])))
+    prompts.write_text(
+        "\n".join(json.dumps({"prompt": q, "meta": {"i": i}}) for i, q in enumerate(["hi", "2+2?"]))
+    )
     db = str(tmp_path / "f.sqlite")
-    assert main(["add", "--db", db, "--prompts", str(prompts), "--model", str(model_dir), "--k", "3",
-                 "--max-new-tokens", "4", "--template", "chatml"]) == 0
+    assert (
+        main(
+            [
+                "add",
+                "--db",
+                db,
+                "--prompts",
+                str(prompts),
+                "--model",
+                str(model_dir),
+                "--k",
+                "3",
+                "--max-new-tokens",
+                "4",
+                "--template",
+                "chatml",
+            ]
+        )
+        == 0
+    )
     store = Store(db)
     assert store.counts()["tasks"] == 2
     labeller = store.labeller_for(store.add_labeller("a"))[0]

@@ -13,7 +13,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("posttrain.run.ppo:main", "RLHF step 3: PPO against a reward model, KL-held near the SFT model"),
     "dpo": ("posttrain.run.dpo:main", "direct preference optimisation (dpo | ipo | simpo)"),
     "data": ("posttrain.data.cli:main", "build, convert, mix and inspect instruction and preference data"),
-    "eval": ("posttrain.eval.cli:main", "evaluate a model (+ adapter): perplexity, accuracy, preference, safety"),
+    "eval": (
+        "posttrain.eval.cli:main",
+        "evaluate a model (+ adapter): perplexity, accuracy, preference, safety",
+    ),
     "merge": ("posttrain.run.merge:main", "merge an adapter into its base model and write a plain HF model"),
     "chat": ("posttrain.run.chat:main", "interactive chat with a model (+ adapter), streaming tokens"),
     "generate": ("posttrain.run.generate:main", "batch generation for a JSONL file of prompts"),
@@ -40,11 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         import difflib
 
         near = difflib.get_close_matches(name, list(COMMANDS), n=1)
-        print(f"posttrain: unknown command '{name}'" + (f"; did you mean '{near[0]}'?" if near else ""), file=sys.stderr)
+        print(
+            f"posttrain: unknown command '{name}'" + (f"; did you mean '{near[0]}'?" if near else ""),
+            file=sys.stderr,
+        )
         print(usage(), file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join the process group before anything loads
+    if (
+        int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ):  # under torchrun: join the process group before anything loads
         from posttrain.train.distributed import init_from_env
 
         init_from_env()

@@ -1,8 +1,8 @@
 """Load any Hugging Face causal LM and its tokenizer; build tiny ones from configs for tests.
 
-    model = load_model("Qwen/Qwen2.5-0.5B", dtype="bf16", device="cuda")
-    tok = load_tokenizer("Qwen/Qwen2.5-0.5B")
-    model, tok = tiny_model("llama"), tiny_tokenizer()   # no download, for tests
+model = load_model("Qwen/Qwen2.5-0.5B", dtype="bf16", device="cuda")
+tok = load_tokenizer("Qwen/Qwen2.5-0.5B")
+model, tok = tiny_model("llama"), tiny_tokenizer()   # no download, for tests
 """
 
 from __future__ import annotations
@@ -13,8 +13,14 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -74,8 +80,19 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
 # --------------------------------------------------------------------------------------------------------------
 # tiny models and tokenizers for tests and benchmarks (no download)
 
-SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>",
-                  "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|endoftext|>"]
+SPECIAL_TOKENS = [
+    "<unk>",
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|endoftext|>",
+]
 
 _TOKENIZER_TEXT = (
     "The quick brown fox jumps over the lazy dog. Hello world! What is 2 + 3? The answer is 5. "
@@ -93,8 +110,12 @@ def _tiny_tokenizer_json(vocab_size: int) -> str:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([_TOKENIZER_TEXT] * 4, trainer=trainer)
     return tok.to_str()
 
@@ -116,11 +137,17 @@ def tiny_tokenizer(
     raw = Tokenizer.from_str(_tiny_tokenizer_json(vocab_size))
     if add_bos:
         bos_id = raw.token_to_id("<s>")
-        raw.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                           special_tokens=[("<s>", bos_id)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="</s>" if pad_is_eos else "<pad>",
-                                  additional_special_tokens=SPECIAL_TOKENS[4:])
+        raw.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+        )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>" if pad_is_eos else "<pad>",
+        additional_special_tokens=SPECIAL_TOKENS[4:],
+    )
     if chat_template is not None:
         tok.chat_template = chat_template
     return tok
@@ -128,18 +155,45 @@ def tiny_tokenizer(
 
 def tiny_model(arch: str = "llama", vocab_size: int = 512, seed: int = 0, **overrides) -> PreTrainedModel:
     """A randomly initialised tiny causal LM: llama (GQA), gpt2 (Conv1D, tied embeddings), qwen2, mistral."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, \
-        MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     ids = dict(pad_token_id=1, bos_token_id=2, eos_token_id=3)
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **ids)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        **ids,
+    )
     builders = {
         "llama": lambda o: LlamaForCausalLM(LlamaConfig(**{**common, **o})),
         "mistral": lambda o: MistralForCausalLM(MistralConfig(**{**common, "sliding_window": None, **o})),
         "qwen2": lambda o: Qwen2ForCausalLM(Qwen2Config(**{**common, "tie_word_embeddings": False, **o})),
-        "gpt2": lambda o: GPT2LMHeadModel(GPT2Config(**{"vocab_size": vocab_size, "n_embd": 64, "n_layer": 2,
-                                                          "n_head": 4, "n_positions": 256, **ids, **o})),
+        "gpt2": lambda o: GPT2LMHeadModel(
+            GPT2Config(
+                **{
+                    "vocab_size": vocab_size,
+                    "n_embd": 64,
+                    "n_layer": 2,
+                    "n_head": 4,
+                    "n_positions": 256,
+                    **ids,
+                    **o,
+                }
+            )
+        ),
     }
     if arch not in builders:
         raise ValueError(f"tiny_model arch must be one of {sorted(builders)}, got {arch!r}")

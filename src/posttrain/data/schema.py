@@ -116,7 +116,9 @@ class Ranking:
         return out
 
 
-def messages_from(obj: Any, path: str | None = None, line: int | None = None, fld: str = "messages") -> list[Message]:
+def messages_from(
+    obj: Any, path: str | None = None, line: int | None = None, fld: str = "messages"
+) -> list[Message]:
     """Parse a list of {role, content} (OpenAI) or {from, value} (ShareGPT) dicts, or a plain string (one user turn)."""
     if isinstance(obj, str):
         return [Message("user", obj)]
@@ -150,5 +152,7 @@ _ROLE_ALIASES = {
 
 def normalise_role(role: Any, path: str | None = None, line: int | None = None, fld: str = "role") -> str:
     if not isinstance(role, str) or role.strip().lower() not in _ROLE_ALIASES:
-        raise DataError(f"{where(path, line, fld)}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        raise DataError(
+            f"{where(path, line, fld)}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
+        )
     return _ROLE_ALIASES[role.strip().lower()]

@@ -45,14 +45,28 @@ def import_responses(path: str) -> list[dict]:
     items = []
     for n, row in _read_jsonl(path):
         responses = row.get("responses")
-        if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
+        if (
+            not isinstance(responses, list)
+            or len(responses) < 2
+            or not all(isinstance(r, str) for r in responses)
+        ):
             raise DataError(f"{where(path, n, 'responses')}: expected a list of at least two strings")
-        items.append({"prompt": _prompt_of(row, path, n), "responses": responses, "meta": row.get("meta", {})})
+        items.append(
+            {"prompt": _prompt_of(row, path, n), "responses": responses, "meta": row.get("meta", {})}
+        )
     return items
 
 
-def sample_responses(prompts_path: str, model: str, adapter: str | None, k: int, max_new_tokens: int,
-                     temperature: float, template: str, seed: int) -> list[dict]:
+def sample_responses(
+    prompts_path: str,
+    model: str,
+    adapter: str | None,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    template: str,
+    seed: int,
+) -> list[dict]:
     """Sample K responses per prompt with the rollout engine."""
     from posttrain.data.chat import encode_prompt
     from posttrain.data.schema import Message
@@ -60,12 +74,16 @@ def sample_responses(prompts_path: str, model: str, adapter: str | None, k: int,
     from posttrain.run.common import load_for_inference
 
     policy, tok = load_for_inference(model, adapter=adapter)
-    rows = [(n, _prompt_of(row, prompts_path, n), row.get("meta", {})) for n, row in _read_jsonl(prompts_path)]
+    rows = [
+        (n, _prompt_of(row, prompts_path, n), row.get("meta", {})) for n, row in _read_jsonl(prompts_path)
+    ]
     ids = [encode_prompt(tok, [Message(**m) for m in p], template) for _, p, _ in rows]
     repeated = [x for x in ids for _ in range(k)]
     out = generate(policy, tok, repeated, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    return [{"prompt": p, "responses": out.texts[i * k:(i + 1) * k], "meta": {**meta, "model": model}}
-            for i, (_, p, meta) in enumerate(rows)]
+    return [
+        {"prompt": p, "responses": out.texts[i * k : (i + 1) * k], "meta": {**meta, "model": model}}
+        for i, (_, p, meta) in enumerate(rows)
+    ]
 
 
 def export(db: str, out: str, include_flagged: bool = True) -> int:
@@ -76,10 +94,24 @@ def export(db: str, out: str, include_flagged: bool = True) -> int:
         for j in Store(db).judgements(latest_only=True):
             if j["flags"] and not include_flagged:
                 continue
-            meta = {**j["meta"], "task_id": j["task_id"], "labeller": j["labeller"], "flags": j["flags"],
-                    "criteria": j["criteria"]}
-            f.write(json.dumps({"prompt": j["prompt"], "responses": j["responses"], "ranking": j["ranking"],
-                                "meta": meta}) + "\n")
+            meta = {
+                **j["meta"],
+                "task_id": j["task_id"],
+                "labeller": j["labeller"],
+                "flags": j["flags"],
+                "criteria": j["criteria"],
+            }
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": j["prompt"],
+                        "responses": j["responses"],
+                        "ranking": j["ranking"],
+                        "meta": meta,
+                    }
+                )
+                + "\n"
+            )
             rows += 1
     tmp.replace(out)
     return rows
@@ -119,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         from posttrain.feedback.server import make_server
 
         server = make_server(args.db, args.host, args.port)
-        print(f"posttrain label: serving {args.db} on http://{args.host}:{server.server_address[1]}/?token=TOKEN "
-              "(Ctrl-C to stop)", flush=True)
+        print(
+            f"posttrain label: serving {args.db} on http://{args.host}:{server.server_address[1]}/?token=TOKEN "
+            "(Ctrl-C to stop)",
+            flush=True,
+        )
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -131,9 +166,20 @@ def main(argv: list[str] | None = None) -> int:
             p.error("add needs exactly one of --responses FILE or --model DIR (with --prompts)")
         if args.model and not args.prompts:
             p.error("--model needs --prompts FILE.jsonl")
-        items = import_responses(args.responses) if args.responses else sample_responses(
-            args.prompts, args.model, args.adapter, args.k, args.max_new_tokens, args.temperature, args.template,
-            args.seed)
+        items = (
+            import_responses(args.responses)
+            if args.responses
+            else sample_responses(
+                args.prompts,
+                args.model,
+                args.adapter,
+                args.k,
+                args.max_new_tokens,
+                args.temperature,
+                args.template,
+                args.seed,
+            )
+        )
         n = Store(args.db).add_tasks(items, max_labels=args.max_labels)
         print(f"added {n} tasks to {args.db}")
         return 0

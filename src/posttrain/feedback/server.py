@@ -22,9 +22,11 @@ from urllib.parse import parse_qs, urlparse
 
 from posttrain.feedback.store import Store, StoreError
 
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
-          "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-          "/style.css": ("style.css", "text/css; charset=utf-8")}
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
 MAX_BODY = 1 << 20
 
 
@@ -83,8 +85,11 @@ class Handler(BaseHTTPRequestHandler):
             body = {"labeller": who[1], "progress": self.store.progress(who[0]), "task": None}
             if task is not None:
                 order = shuffled_order(task.id, who[0], len(task.responses))
-                body["task"] = {"id": task.id, "prompt": task.prompt,
-                                "responses": [{"index": i, "text": task.responses[i]} for i in order]}
+                body["task"] = {
+                    "id": task.id,
+                    "prompt": task.prompt,
+                    "responses": [{"index": i, "text": task.responses[i]} for i in order],
+                }
             return self._json(HTTPStatus.OK, body)
         return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
@@ -100,12 +105,19 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
         try:
             data = json.loads(self.rfile.read(length) or b"{}")
-            jid = self.store.submit(who[0], int(data["task_id"]), [int(i) for i in data["ranking"]],
-                                    criteria=data.get("criteria") or {}, flags=data.get("flags") or [],
-                                    comment=str(data.get("comment", ""))[:2000])
+            jid = self.store.submit(
+                who[0],
+                int(data["task_id"]),
+                [int(i) for i in data["ranking"]],
+                criteria=data.get("criteria") or {},
+                flags=data.get("flags") or [],
+                comment=str(data.get("comment", ""))[:2000],
+            )
         except (KeyError, TypeError, ValueError, StoreError) as e:
             return self._json(HTTPStatus.BAD_REQUEST, {"error": f"bad judgement: {e}"})
-        return self._json(HTTPStatus.OK, {"ok": True, "judgement_id": jid, "progress": self.store.progress(who[0])})
+        return self._json(
+            HTTPStatus.OK, {"ok": True, "judgement_id": jid, "progress": self.store.progress(who[0])}
+        )
 
 
 def make_server(db: str, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:

@@ -115,7 +115,9 @@ class Store:
             return None
         db = self._connect()
         try:
-            row = db.execute("SELECT id, name FROM labellers WHERE token_sha256 = ?", (_hash(token),)).fetchone()
+            row = db.execute(
+                "SELECT id, name FROM labellers WHERE token_sha256 = ?", (_hash(token),)
+            ).fetchone()
         finally:
             db.close()
         return (row["id"], row["name"]) if row else None
@@ -130,13 +132,20 @@ class Store:
                     raise StoreError("a task needs at least two responses to rank")
                 db.execute(
                     "INSERT INTO tasks(prompt, responses, meta, max_labels, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (json.dumps(it["prompt"]), json.dumps(it["responses"]), json.dumps(it.get("meta", {})),
-                     max_labels, now),
+                    (
+                        json.dumps(it["prompt"]),
+                        json.dumps(it["responses"]),
+                        json.dumps(it.get("meta", {})),
+                        max_labels,
+                        now,
+                    ),
                 )
         return len(items)
 
     def _task(self, row: sqlite3.Row) -> Task:
-        return Task(row["id"], json.loads(row["prompt"]), json.loads(row["responses"]), json.loads(row["meta"]))
+        return Task(
+            row["id"], json.loads(row["prompt"]), json.loads(row["responses"]), json.loads(row["meta"])
+        )
 
     def next_task(self, labeller_id: int) -> Task | None:
         """The oldest task this labeller has not judged that fewer than `max_labels` others hold or have judged."""
@@ -162,8 +171,15 @@ class Store:
             )
             return self._task(row)
 
-    def submit(self, labeller_id: int, task_id: int, ranking: list[int], criteria: dict | None = None,
-               flags: list[int] | None = None, comment: str = "") -> int:
+    def submit(
+        self,
+        labeller_id: int,
+        task_id: int,
+        ranking: list[int],
+        criteria: dict | None = None,
+        flags: list[int] | None = None,
+        comment: str = "",
+    ) -> int:
         """Append a judgement; returns its row id. The ranking must be a permutation of the task's responses."""
         with self._write() as db:
             row = db.execute("SELECT responses FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -177,8 +193,15 @@ class Store:
             cur = db.execute(
                 "INSERT INTO judgements(task_id, labeller_id, ranking, criteria, flags, comment, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (task_id, labeller_id, json.dumps(ranking), json.dumps(criteria or {}), json.dumps(flags or []),
-                 comment, time.time()),
+                (
+                    task_id,
+                    labeller_id,
+                    json.dumps(ranking),
+                    json.dumps(criteria or {}),
+                    json.dumps(flags or []),
+                    comment,
+                    time.time(),
+                ),
             )
             db.execute("DELETE FROM leases WHERE task_id = ? AND labeller_id = ?", (task_id, labeller_id))
             return int(cur.lastrowid)
@@ -187,8 +210,9 @@ class Store:
     def progress(self, labeller_id: int) -> dict[str, int]:
         db = self._connect()
         try:
-            done = db.execute("SELECT COUNT(DISTINCT task_id) FROM judgements WHERE labeller_id = ?",
-                              (labeller_id,)).fetchone()[0]
+            done = db.execute(
+                "SELECT COUNT(DISTINCT task_id) FROM judgements WHERE labeller_id = ?", (labeller_id,)
+            ).fetchone()[0]
             open_ = db.execute(
                 """SELECT COUNT(*) FROM tasks t
                    WHERE NOT EXISTS (SELECT 1 FROM judgements j WHERE j.task_id = t.id AND j.labeller_id = ?)
@@ -214,10 +238,16 @@ class Store:
         history = []
         for r in rows:
             item = {
-                "id": r["id"], "task_id": r["task_id"], "labeller": r["labeller"],
-                "ranking": json.loads(r["ranking"]), "criteria": json.loads(r["criteria"]),
-                "flags": json.loads(r["flags"]), "comment": r["comment"], "created_at": r["created_at"],
-                "prompt": json.loads(r["prompt"]), "responses": json.loads(r["responses"]),
+                "id": r["id"],
+                "task_id": r["task_id"],
+                "labeller": r["labeller"],
+                "ranking": json.loads(r["ranking"]),
+                "criteria": json.loads(r["criteria"]),
+                "flags": json.loads(r["flags"]),
+                "comment": r["comment"],
+                "created_at": r["created_at"],
+                "prompt": json.loads(r["prompt"]),
+                "responses": json.loads(r["responses"]),
                 "meta": json.loads(r["meta"]),
             }
             out[(r["task_id"], r["labeller_id"])] = item
