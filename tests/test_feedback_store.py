@@ -83,6 +83,26 @@ def test_export_feeds_the_reward_model_reader(tmp_path):
     assert export(str(tmp_path / "f.sqlite"), str(out), include_flagged=False) == 0
 
 
+def test_exported_rankings_are_what_the_reward_model_reads(tmp_path):
+    from posttrain.data.preference import read_preferences, to_pairs
+    from posttrain.data.schema import Ranking
+
+    store = Store(tmp_path / "f.sqlite")
+    store.add_tasks([TASK])
+    alice = store.labeller_for(store.add_labeller("alice"))[0]
+    store.submit(alice, 1, [1, 0, 2])
+    out = tmp_path / "rankings.jsonl"
+    export(str(tmp_path / "f.sqlite"), str(out))
+    (ranking,) = read_preferences(str(out), format="ranking")
+    assert isinstance(ranking, Ranking) and ranking.ranking == [1, 0, 2]
+    pairs = to_pairs([ranking])  # K=3 -> 3 ordered pairs, best response always chosen first
+    assert [(p.chosen[0].content, p.rejected[0].content) for p in pairs] == [
+        ("5", "4"),
+        ("5", "four"),
+        ("4", "four"),
+    ]
+
+
 def test_kendall_tau_hand_values():
     """[0,1,2] vs [0,2,1]: pairs (0,1)+, (0,2)+, (1,2)- -> (2-1)/3 = 1/3; reversed order -> -1."""
     assert kendall_tau([0, 1, 2], [0, 1, 2]) == 1.0
