@@ -67,7 +67,7 @@ def build_model(peft: bool, lora_init: bool = False, arch: str = "llama"):
     return model.train()
 
 
-def mini_fit(model, source, steps, strategy):
+def mini_fit(model, source, steps, strategy, obj=None):
     """The loop's distributed contract, in a few lines: global unit count, summed grads, one update."""
     from posttrain.objectives.sft import SFTObjective
     from posttrain.train import distributed as D
@@ -75,7 +75,7 @@ def mini_fit(model, source, steps, strategy):
     model = D.prepare(model, strategy)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
-    obj, losses = SFTObjective(), []
+    obj, losses = obj or SFTObjective(), []
     for _ in range(steps):
         micro = source.next_step()
         units = int(D.all_reduce_sum(torch.tensor([sum(obj.units(mb) for mb in micro)])))
@@ -147,6 +147,36 @@ def dpo_step0(out: Path):
     )
 
 
+def dpo_pairs(n=16, seed=2):
+    from posttrain.data.preference import PairSample
+
+    g = random.Random(seed)
+    return [
+        PairSample(*[[g.randrange(4, 512) for _ in range(g.randint(2, 7))] for _ in range(3)])
+        for _ in range(n)
+    ]
+
+
+def dpo_parity(out: Path | None, shard=None):
+    """STEPS DPO steps on a random LoRA (reference: adapters off) with PreferenceBatches sharded by rank; the
+    global batch is BATCH x WORLD pairs whatever the world size."""
+    from posttrain.data.preference import PreferenceBatches
+    from posttrain.objectives.dpo import DPOArgs, DPOObjective
+    from posttrain.train import distributed as D
+
+    shard = D.shard_args() if shard is None else shard
+    source = PreferenceBatches(
+        dpo_pairs(), BATCH, WORLD // shard.get("world_size", 1), seed=1, pad_id=1, **shard
+    )
+    torch.manual_seed(0)
+    obj = DPOObjective(DPOArgs(beta=0.5), ref="adapters_off")
+    model, _, losses = mini_fit(build_model(peft=True), source, STEPS, "ddp", obj)
+    weights = trained_weights(model)
+    if out is not None and D.is_main():
+        torch.save({"weights": weights, "losses": losses}, out)
+    return weights, losses
+
+
 def whiten_rows():
     """(4, 6) advantages and a ragged response mask, the same on every rank; rank r takes rows 2r and 2r+1."""
     g = torch.Generator().manual_seed(3)
@@ -213,6 +243,7 @@ SCENARIOS = {
         run_parity("fsdp", False, out / "fsdp_full"),
         run_parity("fsdp", False, out / "fsdp_tied", arch="gpt2"),
         dpo_step0(out),
+        dpo_parity(out / "dpo_lora.pt"),
         whiten_shards(out),
         fit_run(out / "straight", 4),
         fit_run(out / "fsdp_straight", 4, strategy="fsdp"),
@@ -336,6 +367,17 @@ def test_dpo_loss_is_ln2_on_every_rank(launched):
         got = json.loads((launched / f"dpo-{r}.json").read_text())
         assert got["local"] == pytest.approx(math.log(2), abs=1e-6)
         assert got["global"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_dpo_lora_steps_match_one_process(launched):
+    """2 ranks x PreferenceBatches(rank, world_size) + summed gradients = one process with twice the
+    accumulation: same adapter weights and losses after STEPS updates."""
+    want, want_losses = dpo_parity(None, shard={})
+    got = torch.load(launched / "dpo_lora.pt")
+    assert want and all("lora" in k for k in want)
+    assert_same(got["weights"], want)
+    assert got["losses"] == pytest.approx(want_losses, abs=1e-5)
+    assert want_losses[0] != pytest.approx(math.log(2), abs=1e-3)  # random LoRA: not the trivial start
 
 
 def test_global_whiten_in_one_process_is_ppo_whitening():

@@ -1,7 +1,9 @@
 """DPO / IPO / SimPO: losses against hand-worked numbers, selective-LM-head log-probs against full logits,
 ln 2 at step 0 (also from a loaded SFT LoRA), and a margin that grows on held-out pairs."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,6 +208,43 @@ def test_step_zero_ln2_from_loaded_sft_lora(tmp_path, method):
         with torch.no_grad(), disable_adapters(model):
             ref = sequence_logps(model, batch)[0]
     assert (raw_logps - ref).abs().max() > 1e-2
+
+
+def test_final_adapter_on_merged_sft_lora_loads_back_exactly(tmp_path):
+    """SFT LoRA -> DPO LoRA on top: final/ holds only the DPO adapter and records the merged SFT LoRA, so
+    load_for_inference(base, final) merges it back and gives the trained policy's logits; so does a further run
+    starting from final/ (its own reference = adapters off). Without the SFT merge the logits differ."""
+    from posttrain.config import TrainConfig
+    from posttrain.models import load_model
+    from posttrain.peft import load_adapter
+    from posttrain.run.common import BASE_ADAPTERS_FILE, load_for_inference, save_final, setup_model
+    from posttrain.run.dpo import DPOConfig, prepare
+    from posttrain.train.loop import fit
+
+    base = _base_dir(tmp_path)
+    sft = _sft_lora(tmp_path, base)
+    cfg = DPOConfig(
+        model=base, adapter=sft, data=_prefs(tmp_path / "p.jsonl", 8), output_dir=str(tmp_path / "o")
+    )
+    cfg.peft.method, cfg.train.batch_size = "lora", 4
+    model, tok, objective, source, _ = prepare(cfg)
+    t = TrainConfig(max_steps=3, batch_size=4, lr=5e-2, progress=False)
+    fit(model, objective, source, t, tmp_path / "o", save_fn=lambda m, d: save_final(m, tok, cfg, d))
+    final = tmp_path / "o" / "final"
+    assert json.loads((final / BASE_ADAPTERS_FILE).read_text())["base_adapters"] == [str(Path(sft).resolve())]
+    ids = torch.tensor([[2, 40, 41, 42, 43, 44]])
+    with torch.no_grad():
+        want = model.eval()(input_ids=ids).logits
+        loaded, _ = load_for_inference(base, adapter=str(final), dtype="fp32", device="cpu")
+        torch.testing.assert_close(loaded(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+        plain = load_adapter(load_model(base, dtype="fp32", device="cpu"), final).eval()
+        assert (plain(input_ids=ids).logits - want).abs().max() > 1e-2  # the SFT LoRA matters
+        nxt = DPOConfig(model=base, adapter=str(final), data=cfg.data, output_dir=str(tmp_path / "o2"))
+        nxt.peft.method = (
+            "lora"  # e.g. PPO after DPO: final/ and its own bases merged, a fresh adapter on top
+        )
+        again, _ = setup_model(nxt, verbose=False)
+        torch.testing.assert_close(again.eval()(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
 
 
 def test_precomputed_reference_is_reused_on_resume(tmp_path):

@@ -137,7 +137,7 @@ def low_ids(rows, texts, response_ids):
     return [sum(t < 64 for t in r) / max(1, len(r)) for r in response_ids]
 
 
-def make_source(tmp_path, method="none", micro=8, **kw):
+def make_source(tmp_path, method="none", micro=8, rank=0, world_size=1, **kw):
     from posttrain.peft import PeftConfig, apply_peft
 
     lm, ref = tiny_model("llama"), None
@@ -166,6 +166,8 @@ def make_source(tmp_path, method="none", micro=8, **kw):
         seed=0,
         ref_model=ref,
         state_dir=tmp_path / "state",
+        rank=rank,
+        world_size=world_size,
     )
     return model, source
 
@@ -189,6 +191,22 @@ def test_kl_is_exactly_zero_at_step_0_and_moves_after_updates(tmp_path, method):
     assert first["data"]["advantages"].abs().sum() > 0  # the reward still produces a signal
     rows = run_fit(model, source, tmp_path / "run", steps=5, lr=5e-2)  # step 5 samples rollout 2
     assert rows[-1]["kl"] != 0.0  # after updates the reference really is a different (frozen) model
+
+
+def test_ranks_sample_disjoint_prompts_with_their_own_seed(tmp_path):
+    """Under torchrun rank r takes every W-th prompt of the epoch's order from r: the two ranks' prompts are
+    disjoint and together cover what one process reads; the sampling generators differ."""
+    _, one = make_source(tmp_path)
+    ranks = [make_source(tmp_path, rank=r, world_size=2)[1] for r in (0, 1)]
+    n = one.args.rollout_batch_size  # 16 of 32 prompts per rollout
+    taken = [[id(p) for p in src._take_prompts()] for src in ranks]  # one rollout each
+    assert len(taken[0]) == len(taken[1]) == n
+    assert not set(taken[0]) & set(taken[1])
+    assert sorted(taken[0] + taken[1]) == sorted(id(p) for p in PROMPTS)
+    assert ranks[0].epoch == ranks[1].epoch == 1  # each rank's 16-prompt share is one epoch
+    assert one._take_prompts() and one.epoch == 0
+    assert not torch.equal(ranks[0].generator.get_state(), ranks[1].generator.get_state())
+    assert ranks[0].steps_per_epoch() == one.steps_per_epoch() // 2
 
 
 def test_minibatches_cover_the_rollout_once_per_epoch(tmp_path):

@@ -155,6 +155,32 @@ def test_batches_cover_epoch_and_resume_exactly():
     assert [b["input_ids"].tolist() for b in again.next_step()] == want
 
 
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_ranks_share_each_step_like_one_process_with_more_accumulation(grad_accum):
+    """W=2 ranks with grad_accum each see, step by step, the micro-batches of one process with 2 * grad_accum:
+    rank 0 the first contiguous half, rank 1 the second (the same split as SFTBatches)."""
+    samples = [PairSample([2] * (1 + i % 7), [3 + i], [3]) for i in range(22)]  # 11 micro-batches of 2
+
+    def src(**kw):
+        return PreferenceBatches(samples, batch_size=2, seed=5, pad_id=1, **kw)
+
+    one, ranks = (
+        src(grad_accum=2 * grad_accum),
+        [src(grad_accum=grad_accum, rank=r, world_size=2) for r in (0, 1)],
+    )
+    assert ranks[0].steps_per_epoch() == ranks[1].steps_per_epoch()
+    for _ in range(2):  # two epochs: the second one's order comes from the same seeded reshuffle everywhere
+        for _ in range(ranks[0].steps_per_epoch()):
+            want = [b["input_ids"].tolist() for b in one.next_step()]
+            got = [[b["input_ids"].tolist() for b in r.next_step()] for r in ranks]
+            assert len(got[0]) == len(got[1]) >= 1
+            assert got[0] + got[1] == want[: 2 * len(got[0])]  # a short last step: equal shares
+        for _ in range(one.steps_per_epoch() - ranks[0].steps_per_epoch()):
+            one.next_step()  # a last step with fewer micro-batches than ranks is dropped under W ranks
+    with pytest.raises(ValueError, match="rank"):
+        src(rank=2, world_size=2)
+
+
 def test_grouping_by_length_reduces_padding():
     g = torch.Generator().manual_seed(0)
     samples = [PairSample([2] * int(torch.randint(1, 60, (1,), generator=g)), [3], [3]) for _ in range(64)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,3 +124,44 @@ def test_units_are_the_assistant_tokens_of_a_conversation(tok):
     trained = [int(i) for i, lab in zip(b["input_ids"][0], b["labels"][0]) if lab != IGNORE]
     assert SFTObjective().units(b) == sum(mask[1:]) == report["loss_tokens"]
     assert tok.decode(trained).replace("<|im_end|>", "|").split("|")[:2] == ["5", "tac"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the one command body every training command shares (run.common.config_command)
+
+
+@pytest.mark.parametrize("command", ["sft", "rm", "dpo", "ppo"])
+def test_training_commands_share_config_errors_and_print_config(command, capsys):
+    from posttrain.cli import main
+
+    assert main([command, "model=m", "no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert main([command, "--print-config", "model=m", "train.lr=0.5"]) == 0
+    assert "lr: 0.5" in capsys.readouterr().out
+
+
+def test_ppo_inconsistent_sizes_are_a_config_error(capsys):
+    from posttrain.cli import main
+
+    assert main(["ppo", "--print-config", "ppo.rollout_batch_size=10", "ppo.mini_batch_size=4"]) == 2
+    assert "mini_batch_size" in capsys.readouterr().err
+
+
+def test_results_json_only_on_rank_0(monkeypatch, capsys):
+    from posttrain.config import ConfigError, SFTConfig
+    from posttrain.run.common import config_command
+    from posttrain.train import distributed
+
+    def run(cfg):
+        return {"final_loss": 1.5, "steps": 3, "not_a_number": [1]}
+
+    assert config_command(SFTConfig, run, ["model=m"], "t", "doc") == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"final_loss": 1.5, "steps": 3}
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    assert config_command(SFTConfig, run, ["model=m"], "t", "doc") == 0
+    assert capsys.readouterr().out == ""
+
+    def fails(cfg):
+        raise ConfigError("bad value")
+
+    assert config_command(SFTConfig, fails, ["model=m"], "t", "doc") == 1

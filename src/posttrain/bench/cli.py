@@ -34,8 +34,12 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {
     "sft-lora": Workload("posttrain.bench.sft:run_lora", "posttrain.bench.anchors:sft_lora", "tokens_per_s"),
     "sft-full": Workload("posttrain.bench.sft:run_full", "posttrain.bench.anchors:sft_full", "tokens_per_s"),
-    "rollout": Workload("posttrain.bench.rl:rollout_ours", "posttrain.bench.rl:rollout_anchor", "tokens_per_s"),
-    "rl-lora": Workload("posttrain.bench.rl:rl_lora_ours", "posttrain.bench.rl:rl_lora_anchor", "completions_per_s"),
+    "rollout": Workload(
+        "posttrain.bench.rl:rollout_ours", "posttrain.bench.rl:rollout_anchor", "tokens_per_s"
+    ),
+    "rl-lora": Workload(
+        "posttrain.bench.rl:rl_lora_ours", "posttrain.bench.rl:rl_lora_anchor", "completions_per_s"
+    ),
     "dpo-lora": Workload("posttrain.bench.dpo:run", "posttrain.bench.dpo:anchor", "pairs_per_s"),
 }
 
@@ -60,26 +64,35 @@ def compare(name: str) -> dict:
     w = WORKLOADS[name]
     anchor = run_side(name, anchor=True)  # back to back: anchor first, then ours
     ours = run_side(name, anchor=False)
-    summary = {"workload": name, "metric": w.metric, "posttrain": ours, "anchor": anchor,
-               "speedup": ours[w.metric] / anchor[w.metric],
-               "rss_ratio": ours["peak_rss_mib"] / anchor["peak_rss_mib"]}
+    summary = {
+        "workload": name,
+        "metric": w.metric,
+        "posttrain": ours,
+        "anchor": anchor,
+        "speedup": ours[w.metric] / anchor[w.metric],
+        "rss_ratio": ours["peak_rss_mib"] / anchor["peak_rss_mib"],
+    }
     if w.quality in ours and w.quality in anchor:
         summary["quality_rel_diff"] = abs(ours[w.quality] - anchor[w.quality]) / abs(anchor[w.quality])
-    if "cpu_s" in ours and "cpu_s" in anchor:  # CPU seconds for the same work: steadier than wall time under load
+    if (
+        "cpu_s" in ours and "cpu_s" in anchor
+    ):  # CPU seconds for the same work: steadier than wall time under load
         summary["cpu_speedup"] = anchor["cpu_s"] / ours["cpu_s"]
     return summary
 
 
 def format_summary(s: dict) -> str:
     m, o, a = s["metric"], s["posttrain"], s["anchor"]
-    lines = [f"{s['workload']}: {m}",
-             f"  posttrain {o[m]:>10.1f}   peak RSS {o['peak_rss_mib']:>7.0f} MiB   wall {o['wall_s']:.1f} s   "
-             f"final_loss {o.get('final_loss', float('nan')):.4f}",
-             f"  anchor    {a[m]:>10.1f}   peak RSS {a['peak_rss_mib']:>7.0f} MiB   wall {a['wall_s']:.1f} s   "
-             f"final_loss {a.get('final_loss', float('nan')):.4f}",
-             f"  speedup {s['speedup']:.2f}x   RSS ratio {s['rss_ratio']:.2f}"
-             + (f"   final_loss rel diff {100 * s['quality_rel_diff']:.2f}%" if "quality_rel_diff" in s else "")
-             + (f"   CPU-time speedup {s['cpu_speedup']:.2f}x" if "cpu_speedup" in s else "")]
+    lines = [
+        f"{s['workload']}: {m}",
+        f"  posttrain {o[m]:>10.1f}   peak RSS {o['peak_rss_mib']:>7.0f} MiB   wall {o['wall_s']:.1f} s   "
+        f"final_loss {o.get('final_loss', float('nan')):.4f}",
+        f"  anchor    {a[m]:>10.1f}   peak RSS {a['peak_rss_mib']:>7.0f} MiB   wall {a['wall_s']:.1f} s   "
+        f"final_loss {a.get('final_loss', float('nan')):.4f}",
+        f"  speedup {s['speedup']:.2f}x   RSS ratio {s['rss_ratio']:.2f}"
+        + (f"   final_loss rel diff {100 * s['quality_rel_diff']:.2f}%" if "quality_rel_diff" in s else "")
+        + (f"   CPU-time speedup {s['cpu_speedup']:.2f}x" if "cpu_speedup" in s else ""),
+    ]
     return "\n".join(lines)
 
 

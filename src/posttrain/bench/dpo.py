@@ -17,43 +17,25 @@ response tokens go through the LM head.
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 
-import torch
-
-from posttrain.bench.sft import LORA_TARGETS, VOCAB, bench_model, peak_rss_mib
+from posttrain.bench.workload import (
+    DPO_PAIRS,
+    anchor_args,
+    anchor_lora,
+    anchor_tokenizer,
+    bench_model,
+    dpo_texts,
+    lora_peft,
+    train_anchor,
+    training_result,
+    words,
+)
 from posttrain.data.preference import PairSample
 
-N_PAIRS, BATCH, BETA, MIN_LEN, MAX_LEN = 256, 8, 0.1, 16, 128
-
-
-def bench_texts(n: int = N_PAIRS, seed: int = 0) -> list[tuple[list[int], list[int], list[int]]]:
-    """(prompt, chosen, rejected) word numbers, drawn exactly as the anchor script draws its 't123' words."""
-    g = random.Random(seed)
-
-    def draw() -> list[int]:
-        return [g.randrange(4, VOCAB) for _ in range(g.randint(MIN_LEN, MAX_LEN))]
-
-    return [(draw(), draw(), draw()) for _ in range(n)]
-
-
-def words(ids: list[int]) -> str:
-    return " ".join(f"t{i}" for i in ids)
-
-
-def anchor_tokenizer():
-    """The anchor script's word-level tokenizer. Note: through transformers its special tokens t0/t1/t2 are
-    matched inside words, so 't1581' becomes [t1, t0]: about half of the words are 2 tokens, and the anchor's
-    sequences are ~1.5x longer than their word counts. `bench_pairs` uses the same ids, so both sides do the
-    same work."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    raw = Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
-    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="t1", eos_token="t2", unk_token="t0")
+N_PAIRS, BATCH, BETA = DPO_PAIRS, 8, 0.1
+bench_texts = dpo_texts  # the name this module used to define
 
 
 def bench_pairs(n: int = N_PAIRS, seed: int = 0) -> list[PairSample]:
@@ -64,7 +46,7 @@ def bench_pairs(n: int = N_PAIRS, seed: int = 0) -> list[PairSample]:
         return tok(words(x))["input_ids"]
 
     eos = tok.eos_token_id
-    return [PairSample(ids(p), [*ids(c), eos], [*ids(r), eos]) for p, c, r in bench_texts(n, seed)]
+    return [PairSample(ids(p), [*ids(c), eos], [*ids(r), eos]) for p, c, r in dpo_texts(n, seed)]
 
 
 def run(share_prompt: bool = True, group_by_length: bool = True) -> dict:
@@ -72,11 +54,10 @@ def run(share_prompt: bool = True, group_by_length: bool = True) -> dict:
     from posttrain.config import TrainConfig
     from posttrain.data.preference import PreferenceBatches, pair_collate, shared_prompt_collate
     from posttrain.objectives.dpo import DPOArgs, DPOObjective
-    from posttrain.peft import LoraConfig, PeftConfig, apply_peft
+    from posttrain.peft import apply_peft
     from posttrain.train.loop import fit
 
-    lora = LoraConfig(r=16, alpha=32, dropout=0.0, target_modules=LORA_TARGETS)
-    model = apply_peft(bench_model(), PeftConfig(method="lora", lora=lora))
+    model = apply_peft(bench_model(), lora_peft())
     train = TrainConfig(
         batch_size=BATCH, epochs=1.0, lr=1e-4, schedule="linear", progress=False, max_length=512
     )
@@ -94,51 +75,22 @@ def run(share_prompt: bool = True, group_by_length: bool = True) -> dict:
 
 def anchor() -> dict:
     """The anchor's side: TRL DPOTrainer + PEFT LoRA on the same model and pairs (anchor_dpo.py)."""
-    from datasets import Dataset
-    from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    tok = anchor_tokenizer()
-    model = bench_model()
-    rows = [{"prompt": words(p), "chosen": words(c), "rejected": words(r)} for p, c, r in bench_texts()]
+    tok, model = anchor_tokenizer(), bench_model()
+    rows = [{"prompt": words(p), "chosen": words(c), "rejected": words(r)} for p, c, r in dpo_texts()]
     args = DPOConfig(
-        output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=BATCH,
         num_train_epochs=1,
         learning_rate=1e-4,
         beta=BETA,
-        logging_steps=1000,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
         max_length=512,
-        seed=0,
+        **anchor_args(),
     )
-    peft = LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
-    )
-    trainer = DPOTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft
-    )
-    t, cpu = time.perf_counter(), time.process_time()
-    out = trainer.train()
-    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    out, wall, cpu = train_anchor(DPOTrainer, model, args, rows, tok, anchor_lora())
     return _result("trl", wall, cpu, float(out.training_loss), out.global_step)
 
 
 def _result(side: str, wall: float, cpu: float, final_loss: float, steps: int) -> dict:
     """final_loss: the mean training loss over the run on both sides (TRL's `training_loss`)."""
-    return {
-        "side": side,
-        "workload": "dpo-lora",
-        "pairs": N_PAIRS,
-        "pairs_per_s": N_PAIRS / wall,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "pairs_per_cpu_s": N_PAIRS / cpu,
-        "peak_rss_mib": peak_rss_mib(),
-        "final_loss": final_loss,
-        "steps": steps,
-        "threads": torch.get_num_threads(),
-    }
+    return training_result(side, "dpo-lora", "pairs", N_PAIRS, wall, cpu, final_loss, steps)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,9 +20,9 @@ import time
 
 import torch
 
+from posttrain.bench.workload import LORA_TARGETS, bench_model, peak_rss_mib, sft_rows
+
 METHODS = ("full", "lora", "adapter", "prefix", "prompt")
-VOCAB = 4096
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def peft_config(method: str):
@@ -32,8 +30,12 @@ def peft_config(method: str):
 
     table = {
         "full": lambda: PeftConfig(method="none"),
-        "lora": lambda: PeftConfig(method="lora", lora=LoraConfig(r=16, alpha=32, target_modules=LORA_TARGETS)),
-        "adapter": lambda: PeftConfig(method="adapter", adapter=AdapterConfig(kind="houlsby", reduction_factor=16)),
+        "lora": lambda: PeftConfig(
+            method="lora", lora=LoraConfig(r=16, alpha=32, target_modules=LORA_TARGETS)
+        ),
+        "adapter": lambda: PeftConfig(
+            method="adapter", adapter=AdapterConfig(kind="houlsby", reduction_factor=16)
+        ),
         "prefix": lambda: PeftConfig(method="prefix", prefix=PrefixConfig(num_virtual_tokens=16)),
         "prompt": lambda: PeftConfig(method="prompt", prompt=PromptConfig(num_virtual_tokens=16)),
     }
@@ -41,22 +43,14 @@ def peft_config(method: str):
 
 
 def bench_samples(n: int = 512, seed: int = 0):
-    """The anchor's draws: lengths U[32,256], token ids U[4,V), the first 30% of each sequence without loss."""
-    from posttrain.data.collate import Sample
+    """The sft-lora workload's sequences as Samples: the first 30% of each without loss."""
+    from posttrain.data.collate import IGNORE, Sample
 
-    g = random.Random(seed)
-    out = []
-    for _ in range(n):
-        length = g.randint(32, 256)
-        prompt = int(length * 0.3)
-        ids = [g.randrange(4, VOCAB) for _ in range(length)]
-        out.append(Sample(ids, [-100] * prompt + ids[prompt:]))
-    return out
+    return [Sample(ids, [IGNORE] * p + ids[p:]) for ids, p in sft_rows(n, seed)]
 
 
 def run(method: str, sequences: int = 512, batch_size: int = 8, device: str = "cpu") -> dict:
     """One epoch of SFT with `method`; returns trainable params, tokens/s and peak memory."""
-    from posttrain.bench.dpo import bench_model
     from posttrain.config import TrainConfig
     from posttrain.data.collate import SFTBatches
     from posttrain.objectives.sft import SFTObjective
@@ -67,8 +61,15 @@ def run(method: str, sequences: int = 512, batch_size: int = 8, device: str = "c
     trainable, total = count_parameters(model)
     samples = bench_samples(sequences)
     tokens = sum(len(s) for s in samples)
-    train = TrainConfig(batch_size=batch_size, epochs=1.0, lr=1e-4, schedule="linear", progress=False,
-                        max_length=512, mixed_precision="no")
+    train = TrainConfig(
+        batch_size=batch_size,
+        epochs=1.0,
+        lr=1e-4,
+        schedule="linear",
+        progress=False,
+        max_length=512,
+        mixed_precision="no",
+    )
     source = SFTBatches(samples, batch_size, 1, group_by_length=True, seed=train.seed, pad_id=1)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -76,40 +77,56 @@ def run(method: str, sequences: int = 512, batch_size: int = 8, device: str = "c
         t0 = time.perf_counter()
         result = fit(model, SFTObjective(), source, train, out)
         wall = time.perf_counter() - t0
-    row = {"method": method, "trainable_params": trainable, "total_params": total,
-           "trainable_pct": 100 * trainable / total, "tokens_per_s": tokens / wall, "wall_s": wall,
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "final_loss": float(result["final_loss"])}
+    row = {
+        "method": method,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": 100 * trainable / total,
+        "tokens_per_s": tokens / wall,
+        "wall_s": wall,
+        "peak_rss_mib": peak_rss_mib(),
+        "final_loss": float(result["final_loss"]),
+    }
     if device.startswith("cuda"):
         row["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return row
 
 
 def run_in_subprocess(method: str, sequences: int, device: str) -> dict:
-    code = ("import json; from posttrain.bench.peft_methods import run; "
-            f"print('RESULT', json.dumps(run({method!r}, {sequences}, device={device!r})))")
+    code = (
+        "import json; from posttrain.bench.peft_methods import run; "
+        f"print('RESULT', json.dumps(run({method!r}, {sequences}, device={device!r})))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{method} benchmark failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def table(rows: list[dict]) -> str:
     cuda = any("cuda_max_allocated_mib" in r for r in rows)
-    head = "| method | trainable params | trainable % | tokens/s | peak RSS MiB |" + (" CUDA max MiB |" if cuda else "")
+    head = "| method | trainable params | trainable % | tokens/s | peak RSS MiB |" + (
+        " CUDA max MiB |" if cuda else ""
+    )
     lines = [head, "|" + " --- |" * (6 if cuda else 5)]
     for r in rows:
-        line = (f"| {r['method']} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | {r['tokens_per_s']:.0f} | "
-                f"{r['peak_rss_mib']:.0f} |")
+        line = (
+            f"| {r['method']} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | {r['tokens_per_s']:.0f} | "
+            f"{r['peak_rss_mib']:.0f} |"
+        )
         lines.append(line + (f" {r['cuda_max_allocated_mib']:.0f} |" if cuda else ""))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m posttrain.bench.peft_methods", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m posttrain.bench.peft_methods", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--sequences", type=int, default=512, help="training sequences (512 = the sft-lora workload)")
+    ap.add_argument(
+        "--sequences", type=int, default=512, help="training sequences (512 = the sft-lora workload)"
+    )
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     args = ap.parse_args(argv)

@@ -10,7 +10,6 @@ The anchors' sides copy /work/shared/bench/anchor_generate.py and anchor_grpo.py
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -18,47 +17,20 @@ from typing import Any
 
 import torch
 
-V = 4096
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from posttrain.bench.workload import (
+    RL_PROMPTS,
+    anchor_args,
+    anchor_lora,
+    anchor_tokenizer,
+    bench_model,
+    lora_peft,
+    result,
+    rl_prompts,
+    train_anchor,
+    words,
+)
 
-
-def _peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def anchor_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=V,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        pad_token_id=1,
-        eos_token_id=2,
-        bos_token_id=3,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-def anchor_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    t = Tokenizer(models.WordLevel({f"t{i}": i for i in range(V)}, unk_token="t0"))
-    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="t1", eos_token="t2", unk_token="t0")
-
-
-def anchor_prompts(n: int = 64) -> list[list[int]]:
-    g = random.Random(0)
-    return [[g.randrange(4, V) for _ in range(g.randint(16, 64))] for _ in range(n)]
+anchor_model, anchor_prompts = bench_model, rl_prompts  # the names this module used to define
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -68,26 +40,18 @@ def anchor_prompts(n: int = 64) -> list[list[int]]:
 def rollout_ours() -> dict[str, Any]:
     from posttrain.rollout import generate
 
-    model, tok, prompts = anchor_model().eval(), anchor_tokenizer(), anchor_prompts()
+    model, tok, prompts = bench_model().eval(), anchor_tokenizer(), rl_prompts()
     t = time.perf_counter()
     ro = generate(
         model, tok, prompts, max_new_tokens=128, min_new_tokens=128, temperature=1.0, batch_size=64, seed=0
     )
     wall = time.perf_counter() - t
     n = sum(len(r) for r in ro.response_ids)
-    return {
-        "side": "posttrain",
-        "workload": "rollout",
-        "new_tokens": n,
-        "tokens_per_s": n / wall,
-        "wall_s": wall,
-        "peak_rss_mib": _peak_rss_mib(),
-        "threads": torch.get_num_threads(),
-    }
+    return result("posttrain", "rollout", new_tokens=n, tokens_per_s=n / wall, wall_s=wall)
 
 
 def rollout_anchor() -> dict[str, Any]:
-    model, prompts = anchor_model().eval(), anchor_prompts()
+    model, prompts = bench_model().eval(), rl_prompts()
     L = max(map(len, prompts))
     ids = torch.tensor([[1] * (L - len(p)) + p for p in prompts])
     att = (ids != 1).long()
@@ -105,15 +69,7 @@ def rollout_anchor() -> dict[str, Any]:
         )
         wall = time.perf_counter() - t
     n = (out.shape[1] - L) * len(prompts)
-    return {
-        "side": "transformers",
-        "workload": "rollout",
-        "new_tokens": n,
-        "tokens_per_s": n / wall,
-        "wall_s": wall,
-        "peak_rss_mib": _peak_rss_mib(),
-        "threads": torch.get_num_threads(),
-    }
+    return result("transformers", "rollout", new_tokens=n, tokens_per_s=n / wall, wall_s=wall)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -131,13 +87,12 @@ def rl_lora_ours() -> dict[str, Any]:
     beta, through the one training loop."""
     from posttrain.config import TrainConfig
     from posttrain.objectives.ppo import PolicyWithValue, PPOObjective
-    from posttrain.peft import LoraConfig, PeftConfig, apply_peft
+    from posttrain.peft import apply_peft
     from posttrain.run.ppo import PPOArgs, PPOSource, PromptRow
     from posttrain.train.loop import fit
 
     tok = anchor_tokenizer()
-    lora = LoraConfig(r=16, alpha=32.0, dropout=0.0, target_modules=LORA_TARGETS)
-    model = PolicyWithValue(apply_peft(anchor_model(), PeftConfig(method="lora", lora=lora)))
+    model = PolicyWithValue(apply_peft(bench_model(), lora_peft()))
     args = PPOArgs(
         rollout_batch_size=16,
         samples_per_prompt=4,
@@ -154,7 +109,7 @@ def rl_lora_ours() -> dict[str, Any]:
     source = PPOSource(
         model,
         tok,
-        [PromptRow(p) for p in anchor_prompts()],
+        [PromptRow(p) for p in rl_prompts()],
         reward,
         args,
         micro_batch_size=16,
@@ -172,34 +127,26 @@ def rl_lora_ours() -> dict[str, Any]:
         log_every=1000,
     )
     t = time.perf_counter()
-    result = fit(model, PPOObjective(), source, cfg, out)
+    steps = fit(model, PPOObjective(), source, cfg, out)["steps"]
     wall = time.perf_counter() - t
-    n = result["steps"] * args.rollout_batch_size
-    return {
-        "side": "posttrain",
-        "workload": "rl-lora",
-        "completions": n,
-        "steps": result["steps"],
-        "completions_per_s": n / wall,
-        "wall_s": wall,
-        "peak_rss_mib": _peak_rss_mib(),
-        "last_reward": source.stats().get("reward"),
-        "threads": torch.get_num_threads(),
-    }
+    n = steps * args.rollout_batch_size
+    return result(
+        "posttrain",
+        "rl-lora",
+        completions=n,
+        steps=steps,
+        completions_per_s=n / wall,
+        wall_s=wall,
+        last_reward=source.stats().get("reward"),
+    )
 
 
 def rl_lora_anchor() -> dict[str, Any]:
     """TRL GRPOTrainer + PEFT LoRA, as anchor_grpo.py (needs the [bench] extra)."""
-    from datasets import Dataset
-    from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    tok = anchor_tokenizer()
-    model = anchor_model()
-    g = random.Random(0)
-    rows = [
-        {"prompt": " ".join(f"t{g.randrange(4, V)}" for _ in range(g.randint(16, 64)))} for _ in range(64)
-    ]
+    tok, model = anchor_tokenizer(), bench_model()
+    rows = [{"prompt": words(p)} for p in rl_prompts()]
 
     def reward(completions, **kw):
         return [
@@ -208,41 +155,14 @@ def rl_lora_anchor() -> dict[str, Any]:
         ]
 
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=16,
         num_generations=4,
         max_completion_length=64,
         num_train_epochs=1,
         learning_rate=1e-4,
-        logging_steps=1000,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
         beta=0.04,
+        **anchor_args(),
     )
-    peft = LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
-    )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=reward,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-        peft_config=peft,
-    )
-    t = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - t
-    n = 64 * 4
-    return {
-        "side": "trl",
-        "workload": "rl-lora",
-        "completions": n,
-        "completions_per_s": n / wall,
-        "wall_s": wall,
-        "peak_rss_mib": _peak_rss_mib(),
-        "threads": torch.get_num_threads(),
-    }
+    _, wall, _ = train_anchor(GRPOTrainer, model, args, rows, tok, anchor_lora(), reward_funcs=reward)
+    n = RL_PROMPTS * args.num_generations
+    return result("trl", "rl-lora", completions=n, completions_per_s=n / wall, wall_s=wall)

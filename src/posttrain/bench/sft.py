@@ -9,51 +9,18 @@ as on the anchor's side.
 
 from __future__ import annotations
 
-import random
-import resource
 import tempfile
 import time
 
-import torch
-
-VOCAB, N_SEQ, MIN_LEN, MAX_LEN, PROMPT_SHARE = 4096, 512, 32, 256, 0.3
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def bench_model():
-    """The benchmark's base model, initialised exactly as the anchor does (torch seed 0 just before)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    random.seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        pad_token_id=1,
-        eos_token_id=2,
-        bos_token_id=3,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-def bench_rows() -> list[tuple[list[int], int]]:
-    """(ids, prompt length) per sequence, drawn exactly as the anchor draws them."""
-    g = random.Random(0)
-    rows = []
-    for _ in range(N_SEQ):
-        n = g.randint(MIN_LEN, MAX_LEN)
-        p = int(n * PROMPT_SHARE)
-        rows.append(([g.randrange(4, VOCAB) for _ in range(n)], p))
-    return rows
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from posttrain.bench.workload import (  # noqa: F401  (bench_model, bench_rows, ... used to live here)
+    LORA_TARGETS,
+    VOCAB,
+    bench_model,
+    lora_peft,
+    peak_rss_mib,
+    training_result,
+)
+from posttrain.bench.workload import sft_rows as bench_rows
 
 
 def run(lora: bool) -> dict:
@@ -64,14 +31,9 @@ def run(lora: bool) -> dict:
 
     model = bench_model()
     if lora:
-        from posttrain.peft import LoraConfig, PeftConfig, apply_peft
+        from posttrain.peft import apply_peft
 
-        apply_peft(
-            model,
-            PeftConfig(
-                method="lora", lora=LoraConfig(r=16, alpha=32, dropout=0.0, target_modules=LORA_TARGETS)
-            ),
-        )
+        apply_peft(model, lora_peft())
     samples = [Sample(ids, [IGNORE] * p + ids[p:]) for ids, p in bench_rows()]
     ntok = sum(len(s) for s in samples)
     cfg = TrainConfig(
@@ -89,21 +51,18 @@ def run(lora: bool) -> dict:
     source = SFTBatches(samples, cfg.batch_size, cfg.grad_accum, group_by_length=True, seed=0, pad_id=1)
     with tempfile.TemporaryDirectory() as out:
         t, cpu = time.perf_counter(), time.process_time()
-        result = fit(model, SFTObjective(), source, cfg, out)
+        done = fit(model, SFTObjective(), source, cfg, out)
         wall, cpu = time.perf_counter() - t, time.process_time() - cpu
-    return {
-        "side": "posttrain",
-        "workload": "sft-lora" if lora else "sft-full",
-        "tokens": ntok,
-        "tokens_per_s": ntok / wall,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "tokens_per_cpu_s": ntok / cpu,
-        "peak_rss_mib": peak_rss_mib(),
-        "final_loss": result["final_loss"],
-        "steps": result["steps"],
-        "threads": torch.get_num_threads(),
-    }
+    return sft_result("posttrain", lora, ntok, wall, cpu, done["final_loss"], done["steps"])
+
+
+def sft_result(
+    side: str, lora: bool, ntok: int, wall: float, cpu: float, final_loss: float, steps: int
+) -> dict:
+    """Either side's sft-lora / sft-full result."""
+    return training_result(
+        side, "sft-lora" if lora else "sft-full", "tokens", ntok, wall, cpu, final_loss, steps
+    )
 
 
 def run_lora() -> dict:

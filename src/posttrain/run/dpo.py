@@ -15,7 +15,6 @@ reads them back instead of recomputing them from an already-updated policy.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -23,19 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-from posttrain.config import ConfigError, RunConfig, load_config, save_config, to_dict
+from posttrain.config import RunConfig
 from posttrain.data.preference import (
     PairSample,
-    PreferenceBatches,
     pair_collate,
     read_splits,
     shared_prompt_collate,
     to_pairs,
     tokenize_pairs,
 )
-from posttrain.data.schema import DataError
+from posttrain.data.preference_batches import preference_batches
 from posttrain.objectives.dpo import (
     NEEDS_REFERENCE,
     DPOArgs,
@@ -43,7 +40,8 @@ from posttrain.objectives.dpo import (
     evaluate_pairs,
     precompute_reference,
 )
-from posttrain.train.loop import TrainingError
+from posttrain.train import distributed
+from posttrain.train.distributed import is_main
 
 REF_FILE = "ref_logps.pt"
 
@@ -106,6 +104,8 @@ def load_or_precompute(
                 s.ref_chosen, s.ref_rejected = c, r
             return True
     precompute_reference(model, samples, pad_id, batch_size, ref="self", collate=collate)
+    if not is_main():  # every rank computed the same values; one writes them
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -146,6 +146,7 @@ def prepare(cfg: DPOConfig):
     `fit`)."""
     from posttrain.run.common import setup_model
 
+    distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
     model, tok = setup_model(cfg)
     train_items, eval_items = read_splits(
         cfg.data, cfg.data_format, cfg.system_prompt, cfg.eval_data, cfg.eval_fraction, cfg.train.seed
@@ -164,26 +165,16 @@ def prepare(cfg: DPOConfig):
     pad_id, collate = tok.pad_token_id, pick_collate(cfg, model, cfg.train.max_length)
     ref = _reference(cfg, model, train_s + eval_s, pad_id, collate)
     objective = DPOObjective(cfg.dpo, ref=ref)
-    source = PreferenceBatches(
-        train_s,
-        cfg.train.batch_size,
-        cfg.train.grad_accum,
-        cfg.train.seed,
-        pad_id,
-        collate=collate,
-        group_by_length=cfg.train.group_by_length,
-    )
+    source = preference_batches(train_s, cfg.train, pad_id, collate)
     return model, tok, objective, source, eval_s
 
 
 def run(cfg: DPOConfig) -> dict:
-    from posttrain.run.common import save_final
+    from posttrain.run.common import output_dir, save_final
     from posttrain.train.loop import fit
 
     model, tok, objective, source, eval_s = prepare(cfg)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    out = output_dir(cfg)
     pad_id, bs = tok.pad_token_id, cfg.train.batch_size
     collate = source.collate
     eval_fn = (lambda m: evaluate_pairs(m, objective, eval_s, pad_id, bs, collate)) if eval_s else None
@@ -199,23 +190,7 @@ def run(cfg: DPOConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="posttrain dpo", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", help="YAML config (DPOConfig); keys can be overridden below")
-    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    ap.add_argument("overrides", nargs="*", help="key=value, e.g. dpo.beta=0.1 dpo.loss=ipo peft.method=lora")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(DPOConfig, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"posttrain dpo: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return 0
-    try:
-        result = run(cfg)
-    except (ConfigError, DataError, TrainingError, ValueError, FileNotFoundError) as e:
-        print(f"posttrain dpo: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}))
-    return 0
+    from posttrain.run.common import config_command
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return config_command(DPOConfig, run, argv, "posttrain dpo", __doc__.splitlines()[0])

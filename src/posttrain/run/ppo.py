@@ -3,7 +3,7 @@
     posttrain ppo --config ppo.yaml model=runs/sft/final ppo.reward=runs/rm/final data=prompts.jsonl
     posttrain ppo --config ppo.yaml ppo.reward=my_rewards:length_bonus peft.method=lora
 
-Plugs into the one training loop: `PPOSource` samples a rollout batch whenever its buffer is empty (policy and
+Plugs into the one training loop: `PPOSource` (run/ppo_source.py) samples a rollout batch whenever its buffer is empty (policy and
 reference log-probabilities, values, rewards, GAE) and then hands out its minibatches for `ppo_epochs` passes, one
 optimiser step per minibatch; `PPOObjective` computes the clipped losses. Its state (prompt position, sampling RNG,
 adaptive KL coefficient, the rollout buffer) makes resume exact.
@@ -11,40 +11,24 @@ adaptive KL coefficient, the rollout buffer) makes resume exact.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
 import importlib
-import os
-import tempfile
+import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from posttrain.config import ConfigError, RunConfig
-from posttrain.objectives.ppo import (
-    PolicyWithValue,
-    PPOObjective,
-    gae,
-    kl_controller,
-    kl_penalised_rewards,
-    lm_forward,
-    response_forward,
-    token_logprobs,
-    whiten,
-)
-from posttrain.rollout import generate, left_pad, position_ids_from_mask
+from posttrain.objectives.ppo import PolicyWithValue, PPOObjective
+from posttrain.run.ppo_source import PPOSource, PromptRow, RewardFn
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"
 STATE_DIR = "ppo_state"
 """Under output_dir: the source's torch-saved state files (the loop's checkpoints hold JSON only)."""
-KEEP_STATE_FILES = 3
 
 
 @dataclass
@@ -146,18 +130,6 @@ def check_args(args: PPOArgs, batch_size: int) -> None:
 
 # --------------------------------------------------------------------------------------------------------------
 # prompts and rewards
-
-
-@dataclass
-class PromptRow:
-    ids: list[int]
-    """Encoded prompt (with generation prompt)."""
-    messages: list[dict[str, str]] | None = None
-    """The prompt as messages (None for raw token prompts)."""
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-RewardFn = Callable[[list[PromptRow], list[str], list[list[int]]], list[float]]
 
 
 def load_reward(spec: str, tokenizer, device: torch.device | str = "cpu") -> RewardFn:
@@ -262,225 +234,6 @@ def load_prompts(cfg: RunConfig, tokenizer) -> list[PromptRow]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# the batch source: rollouts in, minibatches out
-
-
-def _concat(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """[left-padded prompt (P) | right-padded response (R)] rows with mask, positions and response tensors."""
-    ids, mask = left_pad(prompts, pad_id)
-    R = max(1, max(len(r) for r in responses))
-    resp = torch.full((len(responses), R), pad_id, dtype=torch.long)
-    rmask = torch.zeros((len(responses), R), dtype=torch.bool)
-    for i, r in enumerate(responses):
-        resp[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        rmask[i, : len(r)] = True
-    attention = torch.cat([mask, rmask.long()], 1)
-    return {
-        "input_ids": torch.cat([ids, resp], 1),
-        "attention_mask": attention,
-        "position_ids": position_ids_from_mask(attention),
-        "response": resp,
-        "mask": rmask,
-    }
-
-
-def _slice(t: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows of a rollout, trimmed of columns that are padding in every chosen row (alignment is kept)."""
-    P = t["input_ids"].shape[1] - t["response"].shape[1]
-    att = t["attention_mask"][rows]
-    first = int(att[:, :P].any(0).long().argmax()) if P else 0  # first prompt column used by any row
-    R = max(1, int(t["mask"][rows].sum(1).max()))
-    out = {}
-    for k, v in t.items():
-        v = v[rows]
-        out[k] = v[:, first : P + R] if v.shape[1] == t["input_ids"].shape[1] else v[:, :R]
-    return out
-
-
-class PPOSource:
-    """BatchSource for PPO: `next_step()` returns the micro-batches of one minibatch of the current rollout batch,
-    sampling a new rollout batch (and its advantages) when the previous one has had its `ppo_epochs`."""
-
-    def __init__(
-        self,
-        model: PolicyWithValue,
-        tokenizer,
-        prompts: list[PromptRow],
-        reward: RewardFn,
-        args: PPOArgs,
-        micro_batch_size: int,
-        seed: int = 0,
-        ref_model: nn.Module | None = None,
-        ptx: list[dict[str, torch.Tensor]] | None = None,
-        state_dir: str | Path | None = None,
-    ):
-        self.model, self.tokenizer, self.prompts, self.reward, self.args = (
-            model,
-            tokenizer,
-            prompts,
-            reward,
-            args,
-        )
-        self.micro, self.seed, self.ref_model, self.ptx = micro_batch_size, seed, ref_model, ptx
-        self.state_dir = (
-            Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="ppo-state-"))
-        )
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.device = next(model.parameters()).device
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed)
-        self.kl = kl_controller(args.kl_coef, args.adaptive_kl, args.target_kl, args.horizon)
-        self.epoch, self.pos, self.rollouts, self.steps = 0, 0, 0, 0
-        self.buffer: dict[str, Any] | None = None  # {"data": tensors, "plan": [[row idx per micro]], "stats"}
-
-    # ---- BatchSource
-    def steps_per_epoch(self) -> int:
-        per_rollout = self.args.rollout_batch_size // self.args.samples_per_prompt
-        rollouts = max(1, len(self.prompts) // per_rollout)
-        return rollouts * self.args.ppo_epochs * (self.args.rollout_batch_size // self.args.mini_batch_size)
-
-    def next_step(self) -> list[dict[str, Any]]:
-        if not self.buffer or not self.buffer["plan"]:
-            self.buffer = self.make_experience()
-        plan = self.buffer["plan"].pop(0)
-        data = self.buffer["data"]
-        micro = []
-        for rows in plan:
-            batch = {k: v.to(self.device) for k, v in _slice(data, rows).items()}
-            if self.ptx:
-                batch["ptx"] = {k: v.to(self.device) for k, v in self.ptx[self.steps % len(self.ptx)].items()}
-            micro.append(batch)
-        self.steps += 1
-        return micro
-
-    def stats(self) -> dict[str, float]:
-        """Figures of the rollout batch the last step trained on (reward, kl, kl_coef, response_length, ...)."""
-        return dict(self.buffer["stats"]) if self.buffer else {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able position + the name of a torch file (in `state_dir`) with the sampling RNG and the rollout
-        buffer. The newest KEEP_STATE_FILES files are kept, so the newest complete checkpoint always has its own."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        name = f"source-step-{self.steps}.pt"
-        tmp = self.state_dir / f".tmp-{name}"
-        torch.save({"generator": self.generator.get_state(), "buffer": self.buffer}, tmp)
-        os.replace(tmp, self.state_dir / name)
-        files = sorted(self.state_dir.glob("source-step-*.pt"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-        for old in files[:-KEEP_STATE_FILES]:
-            old.unlink()
-        return {
-            "epoch": self.epoch,
-            "pos": self.pos,
-            "rollouts": self.rollouts,
-            "steps": self.steps,
-            "kl_coef": self.kl.value,
-            "file": name,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.pos, self.rollouts, self.steps = (
-            state[k] for k in ("epoch", "pos", "rollouts", "steps")
-        )
-        self.kl.value = state["kl_coef"]
-        blob = torch.load(self.state_dir / state["file"], map_location="cpu", weights_only=False)
-        self.generator.set_state(blob["generator"])
-        self.buffer = blob["buffer"]
-
-    # ---- rollouts
-    def _take_prompts(self) -> list[PromptRow]:
-        n = self.args.rollout_batch_size // self.args.samples_per_prompt
-        out = []
-        while len(out) < n:
-            order = torch.randperm(
-                len(self.prompts), generator=torch.Generator().manual_seed(self.seed + self.epoch)
-            )
-            take = order[self.pos : self.pos + n - len(out)].tolist()
-            out += [self.prompts[i] for i in take]
-            self.pos += len(take)
-            if self.pos >= len(self.prompts):
-                self.epoch, self.pos = self.epoch + 1, 0
-        return [row for row in out for _ in range(self.args.samples_per_prompt)]
-
-    @torch.no_grad()
-    def _score_tokens(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Policy and reference log-probs and values of the sampled responses, `micro` rows at a time."""
-        model, T = self.model, self.args.temperature
-        was_training = model.training
-        model.eval()
-        out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": []}
-        try:
-            for s in range(0, data["input_ids"].shape[0], self.micro):
-                batch = {k: v[s : s + self.micro].to(self.device) for k, v in data.items()}
-                logits, values = response_forward(model, batch)
-                out["logprobs"].append(token_logprobs(logits, batch["response"], T).cpu())
-                out["values"].append(values.float().cpu())
-                del logits
-                with self._reference() as ref:
-                    R = batch["response"].shape[1]
-                    ref_logits = lm_forward(ref, batch, keep=R + 1).logits[:, :-1]
-                out["ref_logprobs"].append(token_logprobs(ref_logits, batch["response"], T).cpu())
-        finally:
-            model.train(was_training)
-        return {k: torch.cat(v) for k, v in out.items()}
-
-    def _reference(self):
-        """The SFT model: a frozen copy (full fine-tuning) or the policy with its adapters switched off."""
-        if self.ref_model is not None:
-            return contextlib.nullcontext(self.ref_model)
-        from posttrain.peft import disable_adapters
-
-        return disable_adapters(self.model.policy)  # yields the policy, computing the base model
-
-    def make_experience(self) -> dict[str, Any]:
-        a = self.args
-        rows = self._take_prompts()
-        ro = generate(
-            self.model.policy,
-            self.tokenizer,
-            [r.ids for r in rows],
-            a.max_new_tokens,
-            a.temperature,
-            a.top_k,
-            a.top_p,
-            batch_size=len(rows),
-            min_new_tokens=a.min_new_tokens,
-            generator=self.generator,
-        )
-        data = _concat([r.ids for r in rows], ro.response_ids, self.pad_id)
-        data.update(self._score_tokens(data))
-        mask = data["mask"]
-        scores = torch.tensor(self.reward(rows, ro.texts, ro.response_ids), dtype=torch.float32)
-        rewards, kl = kl_penalised_rewards(
-            scores, data["logprobs"], data["ref_logprobs"], mask, self.kl.value
-        )
-        if a.whiten_rewards:
-            rewards = whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, data["values"], mask, a.gamma, a.lam)
-        data["advantages"], data["returns"] = whiten(advantages, mask), returns
-        del data["ref_logprobs"]
-        mean_kl = float(kl.sum(1).mean())
-        stats = {
-            "reward": float(scores.mean()),
-            "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
-            "kl": mean_kl,
-            "kl_coef": self.kl.value,
-            "response_length": float(mask.sum(1).float().mean()),
-            "rollout": float(self.rollouts),
-        }
-        self.kl.update(mean_kl, len(rows))
-        plan = []
-        for e in range(a.ppo_epochs):
-            perm = torch.randperm(
-                len(rows),
-                generator=torch.Generator().manual_seed(self.seed * 100003 + self.rollouts * 1009 + e),
-            )
-            for m in perm.split(a.mini_batch_size):
-                plan.append(list(m.split(self.micro)))
-        self.rollouts += 1
-        return {"data": data, "plan": plan, "stats": stats}
-
-
-# --------------------------------------------------------------------------------------------------------------
 # building, saving, running
 
 
@@ -505,9 +258,11 @@ def load_value_head(model: PolicyWithValue, directory: str | Path) -> bool:
 def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource]:
     """Model (+ value head, critic, reference), tokenizer, objective and source for a config."""
     from posttrain.run.common import setup_model
+    from posttrain.train import distributed
 
     a = cfg.ppo
     check_args(a, cfg.train.batch_size)
+    distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
     torch.manual_seed(cfg.train.seed)
     policy, tokenizer = setup_model(cfg)
     critic = copy.deepcopy(policy) if a.value_head == "separate" else None
@@ -534,6 +289,7 @@ def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource
         ref_model,
         ptx,
         Path(cfg.output_dir) / STATE_DIR,
+        **distributed.shard_args(),  # under torchrun: this rank's prompts, global whitening
     )
     return model, tokenizer, objective, source
 
@@ -553,14 +309,11 @@ def _ptx_batches(cfg: PPOConfig, tokenizer) -> list[dict[str, torch.Tensor]]:
 
 
 def run(cfg: PPOConfig) -> dict[str, Any]:
-    from posttrain.config import save_config
-    from posttrain.run.common import save_final
+    from posttrain.run.common import output_dir, save_final
     from posttrain.train.loop import fit
 
     model, tokenizer, objective, source = build(cfg)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    out = output_dir(cfg)
 
     def save_fn(m: PolicyWithValue, directory: str | Path) -> None:
         save_final(m.policy, tokenizer, cfg, directory)
@@ -572,36 +325,11 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-    import sys
+    from posttrain.run.common import config_command
 
-    import yaml
-
-    from posttrain.config import load_config, to_dict
-    from posttrain.data.schema import DataError
-    from posttrain.train.loop import TrainingError
-
-    p = argparse.ArgumentParser(prog="posttrain ppo", description=PPOConfig.__doc__)
-    p.add_argument("--config", help="YAML config (PPOConfig); keys can be overridden below")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", help="key=value, e.g. ppo.reward=runs/rm/final ppo.kl_coef=0.1")
-    ns = p.parse_args(argv)
-    try:
-        cfg = load_config(PPOConfig, ns.config, ns.overrides)
-        check_args(cfg.ppo, cfg.train.batch_size)
-    except ConfigError as e:
-        print(f"posttrain ppo: {e}", file=sys.stderr)
-        return 2
-    if ns.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return 0
-    try:
-        result = run(cfg)
-    except (ConfigError, DataError, TrainingError, ValueError, FileNotFoundError) as e:
-        print(f"posttrain ppo: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}))
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check = lambda cfg: check_args(cfg.ppo, cfg.train.batch_size)  # noqa: E731  (bad sizes: a config error)
+    return config_command(PPOConfig, run, argv, "posttrain ppo", PPOConfig.__doc__, check=check)
 
 
 __all__ = [

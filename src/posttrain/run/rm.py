@@ -8,19 +8,14 @@ restores it. Held-out pairwise accuracy and mean margin (r_chosen - r_rejected) 
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-import yaml
 
-from posttrain.config import ConfigError, RunConfig, load_config, save_config, to_dict
+from posttrain.config import RunConfig
 from posttrain.data.preference import (
     PairSample,
-    PreferenceBatches,
     RankSample,
     pair_collate,
     ranking_collate,
@@ -29,7 +24,8 @@ from posttrain.data.preference import (
     tokenize_pairs,
     tokenize_rankings,
 )
-from posttrain.data.schema import DataError, Ranking
+from posttrain.data.preference_batches import preference_batches
+from posttrain.data.schema import Ranking
 from posttrain.objectives.reward import (
     OBJECTIVES,
     PairwiseRewardObjective,
@@ -37,7 +33,7 @@ from posttrain.objectives.reward import (
     RMArgs,
     save_reward_model,
 )
-from posttrain.train.loop import TrainingError
+from posttrain.train import distributed
 
 
 @dataclass
@@ -88,6 +84,7 @@ def prepare(cfg: RMConfig):
 
     if cfg.rm.loss not in OBJECTIVES:
         raise ValueError(f"rm.loss must be one of {', '.join(OBJECTIVES)}, got {cfg.rm.loss!r}")
+    distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
     lm, tok = setup_model(cfg)
     rm = RewardModel(lm, cfg.rm.head_init_std)
     train_items, eval_items = read_splits(
@@ -105,25 +102,16 @@ def prepare(cfg: RMConfig):
         else []
     )
     collate = pair_collate if cfg.rm.loss == "pairwise" else ranking_collate
-    source = PreferenceBatches(
-        train_s,
-        cfg.train.batch_size,
-        cfg.train.grad_accum,
-        cfg.train.seed,
-        tok.pad_token_id,
-        collate=collate,
-        group_by_length=cfg.train.group_by_length,
-    )
+    source = preference_batches(train_s, cfg.train, tok.pad_token_id, collate)
     return rm, tok, OBJECTIVES[cfg.rm.loss](cfg.rm), source, eval_s
 
 
 def run(cfg: RMConfig) -> dict:
+    from posttrain.run.common import output_dir
     from posttrain.train.loop import fit
 
     rm, tok, objective, source, eval_s = prepare(cfg)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    out = output_dir(cfg)
     pad_id, bs = tok.pad_token_id, cfg.train.batch_size
     eval_fn = (lambda m: evaluate_rm(m, eval_s, pad_id, bs)) if eval_s else None
     return fit(
@@ -138,25 +126,7 @@ def run(cfg: RMConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="posttrain rm", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", help="YAML config (RMConfig); keys can be overridden below")
-    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    ap.add_argument(
-        "overrides", nargs="*", help="key=value, e.g. rm.loss=listwise peft.method=lora train.lr=1e-5"
-    )
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(RMConfig, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"posttrain rm: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return 0
-    try:
-        result = run(cfg)
-    except (ConfigError, DataError, TrainingError, ValueError, FileNotFoundError) as e:
-        print(f"posttrain rm: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}))
-    return 0
+    from posttrain.run.common import config_command
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return config_command(RMConfig, run, argv, "posttrain rm", __doc__.splitlines()[0])

@@ -1,0 +1,279 @@
+"""PPO's batch source: sample a rollout batch, score it (policy / reference log-probs, values, rewards), compute
+GAE advantages, then hand out its minibatches for `ppo_epochs` passes.
+
+    source = PPOSource(model, tokenizer, prompts, reward_fn, args, micro_batch_size=4, seed=0)
+    micro_batches = source.next_step()        # one optimiser step's micro-batches
+
+Under torchrun every rank samples `rollout_batch_size` responses from its own share of the prompt order (rank r
+of W takes every W-th prompt from position r) with its own sampling seed, and the advantages (and, with
+`whiten_rewards`, the rewards) are whitened with the mean and variance of the global batch
+(`posttrain.train.distributed.global_whiten`, identical to `whiten` in one process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from posttrain.objectives.ppo import (
+    PolicyWithValue,
+    gae,
+    kl_controller,
+    kl_penalised_rewards,
+    lm_forward,
+    response_forward,
+    token_logprobs,
+)
+from posttrain.rollout import generate, left_pad, position_ids_from_mask
+from posttrain.train.distributed import global_whiten
+
+if TYPE_CHECKING:
+    from posttrain.run.ppo import PPOArgs
+
+KEEP_STATE_FILES = 3
+"""Source state files kept in `state_dir` (the newest complete checkpoint always has its own)."""
+
+
+@dataclass
+class PromptRow:
+    ids: list[int]
+    """Encoded prompt (with generation prompt)."""
+    messages: list[dict[str, str]] | None = None
+    """The prompt as messages (None for raw token prompts)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+RewardFn = Callable[[list[PromptRow], list[str], list[list[int]]], list[float]]
+
+
+def _concat(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """[left-padded prompt (P) | right-padded response (R)] rows with mask, positions and response tensors."""
+    ids, mask = left_pad(prompts, pad_id)
+    R = max(1, max(len(r) for r in responses))
+    resp = torch.full((len(responses), R), pad_id, dtype=torch.long)
+    rmask = torch.zeros((len(responses), R), dtype=torch.bool)
+    for i, r in enumerate(responses):
+        resp[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        rmask[i, : len(r)] = True
+    attention = torch.cat([mask, rmask.long()], 1)
+    return {
+        "input_ids": torch.cat([ids, resp], 1),
+        "attention_mask": attention,
+        "position_ids": position_ids_from_mask(attention),
+        "response": resp,
+        "mask": rmask,
+    }
+
+
+def _slice(t: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows of a rollout, trimmed of columns that are padding in every chosen row (alignment is kept)."""
+    P = t["input_ids"].shape[1] - t["response"].shape[1]
+    att = t["attention_mask"][rows]
+    first = int(att[:, :P].any(0).long().argmax()) if P else 0  # first prompt column used by any row
+    R = max(1, int(t["mask"][rows].sum(1).max()))
+    out = {}
+    for k, v in t.items():
+        v = v[rows]
+        out[k] = v[:, first : P + R] if v.shape[1] == t["input_ids"].shape[1] else v[:, :R]
+    return out
+
+
+class PPOSource:
+    """BatchSource for PPO: `next_step()` returns the micro-batches of one minibatch of the current rollout batch,
+    sampling a new rollout batch (and its advantages) when the previous one has had its `ppo_epochs`."""
+
+    def __init__(
+        self,
+        model: PolicyWithValue,
+        tokenizer,
+        prompts: list[PromptRow],
+        reward: RewardFn,
+        args: PPOArgs,
+        micro_batch_size: int,
+        seed: int = 0,
+        ref_model: nn.Module | None = None,
+        ptx: list[dict[str, torch.Tensor]] | None = None,
+        state_dir: str | Path | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.model, self.tokenizer, self.prompts, self.reward, self.args = (
+            model,
+            tokenizer,
+            prompts,
+            reward,
+            args,
+        )
+        self.micro, self.seed, self.ref_model, self.ptx = micro_batch_size, seed, ref_model, ptx
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        if len(prompts) < world_size:
+            raise ValueError(f"{len(prompts)} prompts cannot be shared among {world_size} ranks")
+        self.rank, self.world_size = rank, world_size
+        self.state_dir = (
+            Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="ppo-state-"))
+        )
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed + 7919 * rank)  # every rank samples differently
+        self.kl = kl_controller(args.kl_coef, args.adaptive_kl, args.target_kl, args.horizon)
+        self.epoch, self.pos, self.rollouts, self.steps = 0, 0, 0, 0
+        self.buffer: dict[str, Any] | None = None  # {"data": tensors, "plan": [[row idx per micro]], "stats"}
+
+    # ---- BatchSource
+    def steps_per_epoch(self) -> int:
+        per_rollout = self.args.rollout_batch_size // self.args.samples_per_prompt
+        rollouts = max(1, len(self.prompts) // self.world_size // per_rollout)
+        return rollouts * self.args.ppo_epochs * (self.args.rollout_batch_size // self.args.mini_batch_size)
+
+    def next_step(self) -> list[dict[str, Any]]:
+        if not self.buffer or not self.buffer["plan"]:
+            self.buffer = self.make_experience()
+        plan = self.buffer["plan"].pop(0)
+        data = self.buffer["data"]
+        micro = []
+        for rows in plan:
+            batch = {k: v.to(self.device) for k, v in _slice(data, rows).items()}
+            if self.ptx:
+                batch["ptx"] = {k: v.to(self.device) for k, v in self.ptx[self.steps % len(self.ptx)].items()}
+            micro.append(batch)
+        self.steps += 1
+        return micro
+
+    def stats(self) -> dict[str, float]:
+        """Figures of the rollout batch the last step trained on (reward, kl, kl_coef, response_length, ...)."""
+        return dict(self.buffer["stats"]) if self.buffer else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able position + the name of a torch file (in `state_dir`) with the sampling RNG and the rollout
+        buffer. The newest KEEP_STATE_FILES files are kept, so the newest complete checkpoint always has its own."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        name = f"source-step-{self.steps}.pt"
+        tmp = self.state_dir / f".tmp-{name}"
+        torch.save({"generator": self.generator.get_state(), "buffer": self.buffer}, tmp)
+        os.replace(tmp, self.state_dir / name)
+        files = sorted(self.state_dir.glob("source-step-*.pt"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+        for old in files[:-KEEP_STATE_FILES]:
+            old.unlink()
+        return {
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "rollouts": self.rollouts,
+            "steps": self.steps,
+            "kl_coef": self.kl.value,
+            "file": name,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.pos, self.rollouts, self.steps = (
+            state[k] for k in ("epoch", "pos", "rollouts", "steps")
+        )
+        self.kl.value = state["kl_coef"]
+        blob = torch.load(self.state_dir / state["file"], map_location="cpu", weights_only=False)
+        self.generator.set_state(blob["generator"])
+        self.buffer = blob["buffer"]
+
+    # ---- rollouts
+    def _take_prompts(self) -> list[PromptRow]:
+        """This rank's next prompts: every W-th prompt of the epoch's seeded order, starting at the rank."""
+        n = self.args.rollout_batch_size // self.args.samples_per_prompt
+        per_rank = len(self.prompts) // self.world_size  # equal shares; a remainder is left out that epoch
+        out = []
+        while len(out) < n:
+            order = torch.randperm(
+                len(self.prompts), generator=torch.Generator().manual_seed(self.seed + self.epoch)
+            )
+            mine = order[self.rank :: self.world_size][:per_rank]
+            take = mine[self.pos : self.pos + n - len(out)].tolist()
+            out += [self.prompts[i] for i in take]
+            self.pos += len(take)
+            if self.pos >= per_rank:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return [row for row in out for _ in range(self.args.samples_per_prompt)]
+
+    @torch.no_grad()
+    def _score_tokens(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Policy and reference log-probs and values of the sampled responses, `micro` rows at a time."""
+        model, T = self.model, self.args.temperature
+        was_training = model.training
+        model.eval()
+        out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": []}
+        try:
+            for s in range(0, data["input_ids"].shape[0], self.micro):
+                batch = {k: v[s : s + self.micro].to(self.device) for k, v in data.items()}
+                logits, values = response_forward(model, batch)
+                out["logprobs"].append(token_logprobs(logits, batch["response"], T).cpu())
+                out["values"].append(values.float().cpu())
+                del logits
+                with self._reference() as ref:
+                    R = batch["response"].shape[1]
+                    ref_logits = lm_forward(ref, batch, keep=R + 1).logits[:, :-1]
+                out["ref_logprobs"].append(token_logprobs(ref_logits, batch["response"], T).cpu())
+        finally:
+            model.train(was_training)
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def _reference(self):
+        """The SFT model: a frozen copy (full fine-tuning) or the policy with its adapters switched off."""
+        if self.ref_model is not None:
+            return contextlib.nullcontext(self.ref_model)
+        from posttrain.peft import disable_adapters
+
+        return disable_adapters(self.model.policy)  # yields the policy, computing the base model
+
+    def make_experience(self) -> dict[str, Any]:
+        a = self.args
+        rows = self._take_prompts()
+        ro = generate(
+            self.model.policy,
+            self.tokenizer,
+            [r.ids for r in rows],
+            a.max_new_tokens,
+            a.temperature,
+            a.top_k,
+            a.top_p,
+            batch_size=len(rows),
+            min_new_tokens=a.min_new_tokens,
+            generator=self.generator,
+        )
+        data = _concat([r.ids for r in rows], ro.response_ids, self.pad_id)
+        data.update(self._score_tokens(data))
+        mask = data["mask"]
+        scores = torch.tensor(self.reward(rows, ro.texts, ro.response_ids), dtype=torch.float32)
+        rewards, kl = kl_penalised_rewards(
+            scores, data["logprobs"], data["ref_logprobs"], mask, self.kl.value
+        )
+        if a.whiten_rewards:
+            rewards = global_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, data["values"], mask, a.gamma, a.lam)
+        data["advantages"], data["returns"] = global_whiten(advantages, mask), returns
+        del data["ref_logprobs"]
+        mean_kl = float(kl.sum(1).mean())
+        stats = {
+            "reward": float(scores.mean()),
+            "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "kl": mean_kl,
+            "kl_coef": self.kl.value,
+            "response_length": float(mask.sum(1).float().mean()),
+            "rollout": float(self.rollouts),
+        }
+        self.kl.update(mean_kl, len(rows))
+        plan = []
+        for e in range(a.ppo_epochs):
+            perm = torch.randperm(
+                len(rows),
+                generator=torch.Generator().manual_seed(self.seed * 100003 + self.rollouts * 1009 + e),
+            )
+            for m in perm.split(a.mini_batch_size):
+                plan.append(list(m.split(self.micro)))
+        self.rollouts += 1
+        return {"data": data, "plan": plan, "stats": stats}
