@@ -245,6 +245,15 @@ def test_final_adapter_on_merged_sft_lora_loads_back_exactly(tmp_path):
         )
         again, _ = setup_model(nxt, verbose=False)
         torch.testing.assert_close(again.eval()(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+        # `posttrain merge` folds the recorded SFT LoRA in first, then the DPO LoRA: a plain HF model of the policy
+        from transformers import AutoModelForCausalLM
+
+        from posttrain.run.merge import merge
+
+        merged = AutoModelForCausalLM.from_pretrained(
+            merge(base, str(final), str(tmp_path / "merged"))
+        ).eval()
+        torch.testing.assert_close(merged(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
 
 
 def test_precomputed_reference_is_reused_on_resume(tmp_path):

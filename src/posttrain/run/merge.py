@@ -21,9 +21,16 @@ from posttrain.peft import adapter_method, load_adapter, merge_and_unload
 def merge(
     model_name: str, adapter_dir: str, out: str, dtype: str = "auto", trust_remote_code: bool = False
 ) -> Path:
-    """Load BASE in fp32, add the adapter, merge it, cast, and save to `out`; returns the output directory."""
+    """Load BASE in fp32, add the adapter, merge it, cast, and save to `out`; returns the output directory.
+
+    Adapters the run had merged into its base first (an SFT LoRA under a DPO LoRA; `base_adapters.json`) are
+    merged first, in order, so the result is the model that was trained.
+    """
+    from posttrain.run.common import merge_base_adapters
+
     model = load_model(model_name, dtype="fp32", device="cpu", trust_remote_code=trust_remote_code)
     saved = model.config.dtype
+    model = merge_base_adapters(model, adapter_dir)
     load_adapter(model, adapter_dir)
     if adapter_method(model) != "lora":
         raise ValueError(
