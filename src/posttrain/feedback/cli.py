@@ -7,24 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+from posttrain.data.construct.io import read_jsonl
 from posttrain.data.schema import DataError, messages_from, where
 from posttrain.feedback.agreement import agreement
 from posttrain.feedback.store import Store
 
 
 def _read_jsonl(path: str) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where(path, n)}: invalid JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where(path, n)}: expected a JSON object")
-            rows.append((n, row))
+    rows = [(n, row) for _, n, row in read_jsonl(path)]
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
