@@ -23,6 +23,9 @@ def test_tokenizer_splits_digits_and_renders_chatml():
     tok = train_tokenizer(World().raw_text()[:400], 300)
     pieces = tok.tokenize("13 plus 250 is 263.")
     assert [p for p in pieces if p.isdigit()] == ["1", "3", "2", "5", "0", "2", "6", "3"]
+    pieces = tok.tokenize("Write lemon backwards.")
+    i = pieces.index("l")
+    assert pieces[i - 1 : i + 5] == ["Ġ", "l", "e", "m", "o", "n"]  # task words are spelled letter by letter
     text = tok.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )

@@ -113,6 +113,9 @@ def test_gold_scorer_ranks_correct_above_wrong(world):
     )
     assert right == 1.0 and right > verbose > wrong
     assert gold_reward(it.meta, REFUSAL) < wrong  # refusing a harmless task is worse than a wrong answer
+    assert wrong == 0.2 and gold_reward(it.meta, "eight apples") == 0.0  # a number, even wrong, beats noise
+    up = world.item("upper", {"w": "dog"}, 0, "heldout")
+    assert gold_reward(up.meta, "CAT") == 0.2 and gold_reward(up.meta, "cat") == 0.0
     assert gold_reward(it.meta, "7 " + "and so on " * 10) < gold_reward(it.meta, "7 and so on")
     ident = world.identity_items("heldout")[0]
     assert gold_reward(ident.meta, world.identity_answer()) > gold_reward(ident.meta, "I am a cat.")

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -36,8 +37,8 @@ CHATML = (
 
 @dataclass
 class BaseConfig:
-    vocab_size: int = 512
-    """BPE vocabulary (digits are always single tokens, so arithmetic stays learnable)."""
+    vocab_size: int = 1024
+    """BPE vocabulary: bytes, then template words (digits and task-argument letters stay single tokens)."""
     hidden_size: int = 128
     """Model width."""
     layers: int = 4
@@ -67,21 +68,51 @@ def cache_root() -> Path:
 def cache_dir(cfg: BaseConfig, world: World) -> Path:
     text = hashlib.sha256("\n".join(world.raw_text()).encode()).hexdigest()  # world code changes retrain too
     blob = json.dumps(
-        {"base": dataclasses.asdict(cfg), "world": dataclasses.asdict(world.cfg), "text": text, "v": 1},
+        {
+            "base": dataclasses.asdict(cfg),
+            "world": dataclasses.asdict(world.cfg),
+            "text": text,
+            "words": vocabulary_words(),
+            "v": 2,
+        },
         sort_keys=True,
     )
     return cache_root() / f"demo-base-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
+def vocabulary_words() -> list[str]:
+    """Whole-word tokens: the words of the world's templates (phrasings, prose, identity, safety, refusal), never a
+    task argument. Every other word is spelled one character per token, so that reversing, upper-casing and
+    counting the letters of a word are things a tiny model can learn (word-level BPE hides the letters)."""
+    from posttrain.demo import tasks
+    from posttrain.demo.world import REFUSAL
+
+    texts = [s for t in tasks.TASKS for s in t.phrasings + t.prose]
+    texts += (
+        list(tasks.IDENTITY_QUESTIONS) + list(tasks.SAFETY_PHRASINGS) + [REFUSAL, "I am an assistant made by"]
+    )
+    texts += [s for bad, good, replies in tasks.SAFETY.values() for s in bad + good + replies]
+    texts += list(tasks.SAFETY) + list(tasks.COLOURS)
+    words = {w for s in texts for w in re.findall(r"[A-Za-z']+", s) if len(w) > 1}
+    return sorted(words - set(tasks.WORDS), key=lambda w: (-len(w), w))
+
+
 def train_tokenizer(texts: list[str], vocab_size: int):
-    """Byte-level BPE trained on `texts`, digits split one per token; chatml template; pad/eos/bos set."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Byte-level BPE over pieces that are either a template word (`vocabulary_words`, with its leading space) or
+    one character: letters of task arguments and digits stay single tokens; chatml template; pad/eos/bos set."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    words = vocabulary_words()
+    pattern = r" ?(?<![A-Za-z'])(?:" + "|".join(words) + r")(?![A-Za-z'])|[\s\S]"
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
+    texts = list(texts) + [" ".join(words), "\n".join(words)] * 50  # template words frequent: one token each
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.demo.tasks import TRAIN_TASKS
-from posttrain.demo.world import World
+from posttrain.demo.world import REFUSAL, World
 
 
 class Skip(Exception):
@@ -111,10 +111,12 @@ def safety_records(world: World, seed: int) -> tuple[list[dict], dict]:
     if safety is None:
         recs = [conv(it.prompt, it.answer, {"source": "safety", "kind": "harmful"}) for it in harmful]
         return recs + benign, {"via": "demo world (posttrain.data.construct.safety not available)"}
+    # only the world's requests (the built-in ones have no benign twins and tilt the model towards refusing),
+    # each refused in the one phrasing the world's refusal detector and gold scorer read
     refusals = safety.safety_records(len(harmful), [(it.prompt, "violence") for it in harmful], seed=seed)
-    refusals += safety.safety_records(len(safety.builtin_prompts()), seed=seed)
     for r in refusals:
         r["meta"]["kind"] = "harmful"
+        r["messages"][-1]["content"] = REFUSAL
     return refusals + benign, {
         "via": "posttrain.data.construct.safety",
         "harmful": len(refusals),

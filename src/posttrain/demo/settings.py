@@ -33,7 +33,12 @@ class DemoSettings:
     base: BaseConfig = field(default_factory=BaseConfig)
     """Tiny base model and its pre-training budget."""
     sft_steps: int = 800
-    """SFT optimiser steps per PEFT method."""
+    """SFT optimiser steps for full fine-tuning and LoRA (other methods: scaled by `sft_steps_scale`)."""
+    sft_steps_scale: dict[str, float] = field(
+        default_factory=lambda: {"full": 1.0, "lora": 1.0, "adapter": 0.4, "prefix": 0.1, "prompt": 0.1}
+    )
+    """Share of `sft_steps` per PEFT method: prefix and prompt tuning do not learn the format at this scale, so
+    their budget goes to the methods that do."""
     sft_batch: int = 16
     """SFT micro-batch size."""
     chats: int = 300
@@ -42,13 +47,13 @@ class DemoSettings:
     """Self-Instruct tasks to bootstrap with the base model as generator (0: skip)."""
     eval_per_task: int = 12
     """Evaluation prompts per task and split."""
-    rank_prompts: int = 600
+    rank_prompts: int = 1500
     """Task prompts sampled K times for the ranking data (safety and identity prompts are added)."""
-    rank_heldout: int = 120
+    rank_heldout: int = 400
     """Held-out-instance prompts for the reward model's held-out pairs."""
-    rank_k: int = 4
+    rank_k: int = 6
     """Responses sampled per prompt for the K-way rankings."""
-    rm_steps: int = 200
+    rm_steps: int = 400
     """Reward model optimiser steps."""
     ppo_steps: int = 60
     """PPO optimiser steps (minibatches)."""
@@ -75,7 +80,7 @@ class DemoSettings:
 
     def sft_train(self, method: str) -> dict[str, Any]:
         return {
-            "max_steps": self.sft_steps,
+            "max_steps": max(1, round(self.sft_steps * self.sft_steps_scale[method])),
             "batch_size": self.sft_batch,
             "lr": float(self.sft_lr[method]),
             "warmup_ratio": 0.05,
@@ -115,7 +120,7 @@ class DemoSettings:
 
 QUICK = {
     "base": {"steps": 300},
-    "sft_steps": 80,
+    "sft_steps": 200,
     "chats": 100,
     "self_instruct_tasks": 0,
     "eval_per_task": 6,

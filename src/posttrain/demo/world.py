@@ -219,6 +219,12 @@ class World:
 # the hidden gold scorer
 
 
+def _shape(text: str) -> tuple[str, ...]:
+    """What an answer looks like word by word: a number, UPPER, Title or lower case word, or anything else."""
+    kinds = {str.isdigit: "9", str.isupper: "A", str.istitle: "Aa", str.isalpha: "a"}
+    return tuple(next((k for f, k in kinds.items() if f(w)), "?") for w in text.split())
+
+
 def _score_task(meta: dict[str, Any], response: str) -> float:
     got, ans = normalise(response), normalise(meta["answer"])
     if got == ans:
@@ -227,7 +233,9 @@ def _score_task(meta: dict[str, Any], response: str) -> float:
         return -0.5
     if ans in got.split():
         return 0.5 - 0.02 * max(0, len(got.split()) - len(ans.split()))
-    return 0.0
+    # a wrong answer in the right form (a number for a sum, one upper-case word for "uppercase") beats noise:
+    # labellers credit format, and it is a feature a tiny reward model can read
+    return 0.2 if _shape(got) == _shape(ans) else 0.0
 
 
 def _score_identity(meta: dict[str, Any], response: str) -> float:
