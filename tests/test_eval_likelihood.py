@@ -11,8 +11,15 @@ from posttrain.eval.likelihood import perplexity
 
 CONVS = [
     Conversation([Message("user", "What is 2 + 3?"), Message("assistant", "The answer is 5.")]),
-    Conversation([Message("system", "You are a helpful assistant."), Message("user", "Reverse the word cat"),
-                  Message("assistant", "tac"), Message("user", "Sort 3 1 2"), Message("assistant", "1 2 3")]),
+    Conversation(
+        [
+            Message("system", "You are a helpful assistant."),
+            Message("user", "Reverse the word cat"),
+            Message("assistant", "tac"),
+            Message("user", "Sort 3 1 2"),
+            Message("assistant", "1 2 3"),
+        ]
+    ),
     Conversation([Message("user", "Who are you?"), Message("assistant", "I am posttrain's assistant.")]),
 ]
 
@@ -29,7 +36,9 @@ def test_loss_counts_assistant_tokens_only(llama, tok):
                 total -= logp[t - 1, ids[t]].item()
                 count += 1
     out = perplexity(llama, tok, CONVS, "chatml", batch_size=2)
-    assert out["tokens"] == count == sum(sum(encode_conversation(tok, c.messages, "chatml")[1]) for c in CONVS)
+    assert (
+        out["tokens"] == count == sum(sum(encode_conversation(tok, c.messages, "chatml")[1]) for c in CONVS)
+    )
     assert out["loss"] == pytest.approx(total / count, rel=1e-4)
     assert out["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-4)
     assert out["conversations"] == 3

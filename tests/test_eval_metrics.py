@@ -18,14 +18,17 @@ from posttrain.eval.accuracy import (
 from posttrain.eval.io import EvalRow, read_eval_rows
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The Cat!", "cat"),
-    ("  an   apple,  a pear ", "apple pear"),
-    ("Paris.", "paris"),
-    ("Theory of the atom", "theory of atom"),  # 'the' only as a whole word
-    ("“Hello” — world…", "hello world"),
-    ("A", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The Cat!", "cat"),
+        ("  an   apple,  a pear ", "apple pear"),
+        ("Paris.", "paris"),
+        ("Theory of the atom", "theory of atom"),  # 'the' only as a whole word
+        ("“Hello” — world…", "hello world"),
+        ("A", ""),
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
@@ -43,8 +46,13 @@ def test_metric_unit_cases():
 
 def _rows():
     ask = [Message("user", "q")]
-    return [EvalRow(ask, ["5"], "add"), EvalRow(ask, ["Paris"], "capital"), EvalRow(ask, ["tac"], "add"),
-            EvalRow(ask, ["a", "b"], "capital"), EvalRow(ask, [], "add")]
+    return [
+        EvalRow(ask, ["5"], "add"),
+        EvalRow(ask, ["Paris"], "capital"),
+        EvalRow(ask, ["tac"], "add"),
+        EvalRow(ask, ["a", "b"], "capital"),
+        EvalRow(ask, [], "add"),
+    ]
 
 
 def test_score_predictions_per_task_and_overall():
@@ -73,14 +81,27 @@ def _write(path, records):
 
 
 def test_predictions_file_scores_without_a_model(tmp_path):
-    preds = _write(tmp_path / "preds.jsonl", [
-        {"prompt": "2+3?", "reference": "5", "prediction": "5", "meta": {"task": "add"}},
-        {"prompt": "2+2?", "reference": "4", "prediction": "The answer is 4", "meta": {"task": "add"}},
-        {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}],
-         "prediction": "paris", "task": "geo"},
-        {"instruction": "Label it", "input": "Stocks rose", "completion": "Business<|endoftext|>",
-         "prediction": "Business"},
-    ])
+    preds = _write(
+        tmp_path / "preds.jsonl",
+        [
+            {"prompt": "2+3?", "reference": "5", "prediction": "5", "meta": {"task": "add"}},
+            {"prompt": "2+2?", "reference": "4", "prediction": "The answer is 4", "meta": {"task": "add"}},
+            {
+                "messages": [
+                    {"role": "user", "content": "Capital of France?"},
+                    {"role": "assistant", "content": "Paris"},
+                ],
+                "prediction": "paris",
+                "task": "geo",
+            },
+            {
+                "instruction": "Label it",
+                "input": "Stocks rose",
+                "completion": "Business<|endoftext|>",
+                "prediction": "Business",
+            },
+        ],
+    )
     out = score_file(preds)
     assert out["overall"]["n"] == 4
     assert out["overall"]["exact"] == pytest.approx(2 / 4)  # '5' and 'Business' (end marker stripped)
@@ -97,8 +118,10 @@ def test_predictions_file_without_prediction_is_an_error(tmp_path):
 
 def test_user_metric_from_module_and_file(tmp_path):
     metric_file = tmp_path / "my_metric.py"
-    metric_file.write_text("def length_ratio(prediction, reference, row):\n"
-                           "    return min(len(prediction), len(reference)) / max(len(prediction), len(reference))\n")
+    metric_file.write_text(
+        "def length_ratio(prediction, reference, row):\n"
+        "    return min(len(prediction), len(reference)) / max(len(prediction), len(reference))\n"
+    )
     fn = load_user_metric(f"{metric_file}:length_ratio")
     assert fn("ab", "abcd", None) == 0.5
     rows = [EvalRow([Message("user", "q")], ["abcd"])]
@@ -112,11 +135,18 @@ def test_user_metric_from_module_and_file(tmp_path):
 
 
 def test_read_eval_rows_formats_and_errors(tmp_path):
-    src = _write(tmp_path / "rows.jsonl", [
-        {"id": "t0", "name": "rev", "instruction": "Reverse", "instances": [{"input": "cat", "output": "tac"},
-                                                                             {"input": "dog", "output": "god"}]},
-        {"prompt": [{"role": "user", "content": "hi"}], "answer": ["hello", "hey"]},
-    ])
+    src = _write(
+        tmp_path / "rows.jsonl",
+        [
+            {
+                "id": "t0",
+                "name": "rev",
+                "instruction": "Reverse",
+                "instances": [{"input": "cat", "output": "tac"}, {"input": "dog", "output": "god"}],
+            },
+            {"prompt": [{"role": "user", "content": "hi"}], "answer": ["hello", "hey"]},
+        ],
+    )
     rows = read_eval_rows(src, system_prompt="Be brief.")
     assert [r.task for r in rows] == ["rev", "rev", "all"]
     assert rows[0].prompt[-1].content == "Reverse\n\ncat" and rows[1].references == ["god"]
@@ -133,9 +163,14 @@ def test_read_eval_rows_formats_and_errors(tmp_path):
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.mark.parametrize("name, first_task", [("self_instruct_seed_tasks.jsonl", "breakfast_suggestion"),
-                                              ("t0_ag_news_classify_with_choices.jsonl", "all"),
-                                              ("hh_rlhf_harmless_sample.jsonl", "all")])
+@pytest.mark.parametrize(
+    "name, first_task",
+    [
+        ("self_instruct_seed_tasks.jsonl", "breakfast_suggestion"),
+        ("t0_ag_news_classify_with_choices.jsonl", "all"),
+        ("hh_rlhf_harmless_sample.jsonl", "all"),
+    ],
+)
 def test_reads_the_shared_samples(name, first_task):
     if not (SHARED / name).exists():
         pytest.skip(f"{SHARED / name} not present")
@@ -146,11 +181,17 @@ def test_reads_the_shared_samples(name, first_task):
 
 
 def test_preference_records_give_prompt_and_preferred_reply(tmp_path):
-    src = _write(tmp_path / "prefs.jsonl", [
-        {"prompt": "2+3?", "chosen": "5", "rejected": "6"},
-        {"prompt": "best?", "responses": ["b", "a", "c"], "ranking": [1, 0, 2]},
-        {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
-    ])
+    src = _write(
+        tmp_path / "prefs.jsonl",
+        [
+            {"prompt": "2+3?", "chosen": "5", "rejected": "6"},
+            {"prompt": "best?", "responses": ["b", "a", "c"], "ranking": [1, 0, 2]},
+            {
+                "chosen": "\n\nHuman: hi\n\nAssistant: hello",
+                "rejected": "\n\nHuman: hi\n\nAssistant: go away",
+            },
+        ],
+    )
     rows = read_eval_rows(src)
     assert [r.references for r in rows] == [["5"], ["a"], ["hello"]]
     assert [r.prompt[-1].content for r in rows] == ["2+3?", "best?", "hi"]

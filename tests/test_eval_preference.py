@@ -71,9 +71,13 @@ def test_policy_kl_base_reference_is_the_adapter_switched_off(llama, tok):
     from posttrain.peft import apply_peft
     from posttrain.peft.config import LoraConfig, PeftConfig
 
-    model = apply_peft(llama, PeftConfig(method="lora", lora=LoraConfig(r=4, alpha=8, target_modules=["q_proj"])))
+    model = apply_peft(
+        llama, PeftConfig(method="lora", lora=LoraConfig(r=4, alpha=8, target_modules=["q_proj"]))
+    )
     prompts = [[Message("user", "Hello world")]]
-    assert policy_kl(model, None, tok, prompts, max_new_tokens=4)["kl"] == pytest.approx(0.0, abs=1e-5)  # B = 0
+    assert policy_kl(model, None, tok, prompts, max_new_tokens=4)["kl"] == pytest.approx(
+        0.0, abs=1e-5
+    )  # B = 0
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:

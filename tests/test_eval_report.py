@@ -8,11 +8,18 @@ from posttrain.eval.report import escape_md, write_report
 def _results(models):
     return {
         "models": models,
-        "metrics": {"likelihood": {m: {"loss": 1.0 + i, "perplexity": 2.718 * (i + 1), "tokens": 10}
-                                   for i, m in enumerate(models)}},
-        "per_task": {}, "rows": {},
+        "metrics": {
+            "likelihood": {
+                m: {"loss": 1.0 + i, "perplexity": 2.718 * (i + 1), "tokens": 10}
+                for i, m in enumerate(models)
+            }
+        },
+        "per_task": {},
+        "rows": {},
         "win_rates": [],
-        "samples": {"accuracy": [{"prompt": "a | b\nc", "reference": "*x*", **{m: "<b>hi</b>" for m in models}}]},
+        "samples": {
+            "accuracy": [{"prompt": "a | b\nc", "reference": "*x*", **{m: "<b>hi</b>" for m in models}}]
+        },
         "config": {"model": "m"},
     }
 

@@ -66,7 +66,9 @@ def test_reward_classifier_threshold_and_direction():
     prompts = [[{"role": "user", "content": "x"}]] * 3
     texts = ["No way", "Sure", "No."]
     assert refusal_rate(texts, RewardClassifier(judge, threshold=0.0), prompts) == pytest.approx(2 / 3)
-    assert refusal_rate(texts, RewardClassifier(judge, threshold=0.0, above=False), prompts) == pytest.approx(1 / 3)
+    assert refusal_rate(texts, RewardClassifier(judge, threshold=0.0, above=False), prompts) == pytest.approx(
+        1 / 3
+    )
     assert judge.prompts == prompts
     with pytest.raises(ValueError, match="needs the prompts"):
         refusal_rate(texts, RewardClassifier(judge))

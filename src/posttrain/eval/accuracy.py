@@ -78,7 +78,9 @@ def load_user_metric(spec: str) -> Metric:
     return fn
 
 
-def resolve_metrics(names: Sequence[str] = DEFAULT_METRICS, user_metric: str | Metric | None = None) -> dict[str, Metric]:
+def resolve_metrics(
+    names: Sequence[str] = DEFAULT_METRICS, user_metric: str | Metric | None = None
+) -> dict[str, Metric]:
     """Name -> function for the built-ins named, plus the user metric (as `user` or its function name)."""
     unknown = [n for n in names if n not in METRICS]
     if unknown:
@@ -92,7 +94,9 @@ def resolve_metrics(names: Sequence[str] = DEFAULT_METRICS, user_metric: str | M
 
 def score_row(prediction: str, row: EvalRow, metrics: dict[str, Metric]) -> dict[str, float]:
     """Each metric's best score over the row's references."""
-    return {name: max(float(fn(prediction, ref, row)) for ref in row.references) for name, fn in metrics.items()}
+    return {
+        name: max(float(fn(prediction, ref, row)) for ref in row.references) for name, fn in metrics.items()
+    }
 
 
 def _means(scored: list[dict[str, float]], names: Sequence[str]) -> dict[str, float]:
@@ -101,8 +105,12 @@ def _means(scored: list[dict[str, float]], names: Sequence[str]) -> dict[str, fl
     return out
 
 
-def score_predictions(rows: Sequence[EvalRow], predictions: Sequence[str], metrics: Sequence[str] = DEFAULT_METRICS,
-                      user_metric: str | Metric | None = None) -> dict:
+def score_predictions(
+    rows: Sequence[EvalRow],
+    predictions: Sequence[str],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    user_metric: str | Metric | None = None,
+) -> dict:
     """{"overall": {metric: mean, "n"}, "per_task": {task: {...}}, "rows": [...], "skipped": rows without reference}."""
     if len(rows) != len(predictions):
         raise ValueError(f"{len(rows)} rows but {len(predictions)} predictions")
@@ -113,30 +121,64 @@ def score_predictions(rows: Sequence[EvalRow], predictions: Sequence[str], metri
             continue
         scores = score_row(pred, row, fns)
         by_task.setdefault(row.task, []).append(scores)
-        details.append({"task": row.task, "prompt": row.prompt[-1].content, "reference": row.references[0],
-                        "prediction": pred, **scores})
+        details.append(
+            {
+                "task": row.task,
+                "prompt": row.prompt[-1].content,
+                "reference": row.references[0],
+                "prediction": pred,
+                **scores,
+            }
+        )
     if not details:
         raise ValueError("no row has a reference to score against")
     flat = [s for group in by_task.values() for s in group]
-    return {"overall": _means(flat, list(fns)), "per_task": {t: _means(g, list(fns)) for t, g in sorted(by_task.items())},
-            "rows": details, "skipped": len(rows) - len(details)}
+    return {
+        "overall": _means(flat, list(fns)),
+        "per_task": {t: _means(g, list(fns)) for t, g in sorted(by_task.items())},
+        "rows": details,
+        "skipped": len(rows) - len(details),
+    }
 
 
-def score_file(source: str, metrics: Sequence[str] = DEFAULT_METRICS, user_metric: str | Metric | None = None) -> dict:
+def score_file(
+    source: str, metrics: Sequence[str] = DEFAULT_METRICS, user_metric: str | Metric | None = None
+) -> dict:
     """Accuracy of the `prediction` field of every record of `source` (no model)."""
     rows = read_eval_rows(source)
     missing = [i for i, r in enumerate(rows) if r.prediction is None]
     if missing:
-        raise ValueError(f"{source}: {len(missing)} record(s) have no 'prediction' field (first: record {missing[0] + 1})")
+        raise ValueError(
+            f"{source}: {len(missing)} record(s) have no 'prediction' field (first: record {missing[0] + 1})"
+        )
     return score_predictions(rows, [r.prediction for r in rows], metrics, user_metric)
 
 
-def task_accuracy(model, tokenizer, rows: Sequence[EvalRow], metrics: Sequence[str] = DEFAULT_METRICS,
-                  user_metric: str | Metric | None = None, template: str = "auto", max_new_tokens: int = 128,
-                  batch_size: int = 16, temperature: float = 0.0, seed: int = 0, progress: bool = False) -> dict:
+def task_accuracy(
+    model,
+    tokenizer,
+    rows: Sequence[EvalRow],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    user_metric: str | Metric | None = None,
+    template: str = "auto",
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    temperature: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     """Generate a response to every row (greedy by default) and score it with `score_predictions`."""
     from posttrain.eval.generation import respond
 
-    ro = respond(model, tokenizer, [r.prompt for r in rows], template, max_new_tokens, batch_size, temperature, seed,
-                 progress)
+    ro = respond(
+        model,
+        tokenizer,
+        [r.prompt for r in rows],
+        template,
+        max_new_tokens,
+        batch_size,
+        temperature,
+        seed,
+        progress,
+    )
     return score_predictions(rows, ro.texts, metrics, user_metric)

@@ -37,17 +37,27 @@ def _summary(results: dict) -> str:
             nums = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             lines.append(f"{section:<11} {name:<16} {nums}")
     for w in results["win_rates"]:
-        lines.append(f"win rate    {w['a']} vs {w['b']}: {w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}]")
+        lines.append(
+            f"win rate    {w['a']} vs {w['b']}: {w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}]"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="posttrain eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="posttrain eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML file of EvalConfig keys")
-    parser.add_argument("--compare", action="append", default=[], metavar="NAME=DIR[:ADAPTER]",
-                        help="another model to evaluate side by side (repeatable)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. likelihood.data=heldout.jsonl")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=DIR[:ADAPTER]",
+        help="another model to evaluate side by side (repeatable)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. likelihood.data=heldout.jsonl"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(EvalConfig, args.config, args.overrides)

@@ -1,11 +1,11 @@
 """`posttrain eval` config: what to load, and one section per evaluation, each enabled by giving its file.
 
-    model: runs/base            # plus adapter: runs/sft/final for a PEFT run
-    compare: [{name: sft, model: runs/sft/final}]
-    likelihood: {data: heldout.jsonl}
-    accuracy: {data: tasks.jsonl, user_metric: my_metrics:f1}
-    preference: {data: prompts.jsonl, reward_model: runs/rm/final, kl_reference: base}
-    safety: {harmful: harmful.jsonl, benign: benign.jsonl, identity: who.jsonl, identity_names: [posttrain]}
+model: runs/base            # plus adapter: runs/sft/final for a PEFT run
+compare: [{name: sft, model: runs/sft/final}]
+likelihood: {data: heldout.jsonl}
+accuracy: {data: tasks.jsonl, user_metric: my_metrics:f1}
+preference: {data: prompts.jsonl, reward_model: runs/rm/final, kl_reference: base}
+safety: {harmful: harmful.jsonl, benign: benign.jsonl, identity: who.jsonl, identity_names: [posttrain]}
 """
 
 from __future__ import annotations

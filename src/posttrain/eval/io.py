@@ -98,8 +98,9 @@ def _from_preference(rec: dict[str, Any], path: str, line: int) -> tuple[list[Me
     return item.prompt, [_clean_reference(replies[-1])] if replies else []
 
 
-def parse_eval_row(rec: dict[str, Any], path: str = "<data>", line: int = 0,
-                   system_prompt: str | None = None) -> EvalRow:
+def parse_eval_row(
+    rec: dict[str, Any], path: str = "<data>", line: int = 0, system_prompt: str | None = None
+) -> EvalRow:
     """One record -> EvalRow; a record with neither messages nor prompt/instruction is a DataError."""
     references: list[str] = []
     if "chosen" in rec or "ranking" in rec:
@@ -113,7 +114,9 @@ def parse_eval_row(rec: dict[str, Any], path: str = "<data>", line: int = 0,
     else:
         raise DataError(f"{where(path, line)}: expected a 'messages', 'prompt' or 'instruction' field")
     if not prompt or prompt[-1].role == "assistant":
-        raise DataError(f"{where(path, line, 'messages')}: the prompt must end with a user (or system) message")
+        raise DataError(
+            f"{where(path, line, 'messages')}: the prompt must end with a user (or system) message"
+        )
     key = next((k for k in REFERENCE_KEYS if k in rec), None)
     if key is not None:
         references = _references(rec[key], path, line, key)

@@ -21,8 +21,9 @@ def _messages(conv: Conversation | Sequence[Message | dict]) -> list:
     return list(conv.messages) if isinstance(conv, Conversation) else list(conv)
 
 
-def encode_for_loss(tokenizer, convs: Sequence, template: str = "auto",
-                    max_length: int = 1024) -> list[tuple[list[int], list[bool]]]:
+def encode_for_loss(
+    tokenizer, convs: Sequence, template: str = "auto", max_length: int = 1024
+) -> list[tuple[list[int], list[bool]]]:
     """(ids, mask) per conversation, cut on the right at `max_length`; conversations without assistant tokens left
     in (they add no tokens)."""
     from posttrain.data.chat import encode_conversation
@@ -35,14 +36,15 @@ def encode_for_loss(tokenizer, convs: Sequence, template: str = "auto",
 
 
 @torch.no_grad()
-def token_nll(model, encoded: Sequence[tuple[list[int], list[bool]]], pad_id: int,
-              batch_size: int = 8) -> tuple[float, int]:
+def token_nll(
+    model, encoded: Sequence[tuple[list[int], list[bool]]], pad_id: int, batch_size: int = 8
+) -> tuple[float, int]:
     """(summed NLL in nats, number of scored tokens) over the masked tokens of every (ids, mask) row."""
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # similar lengths, less padding
     total, count = 0.0, 0
     for s in range(0, len(order), batch_size):
-        rows = [encoded[i] for i in order[s: s + batch_size]]
+        rows = [encoded[i] for i in order[s : s + batch_size]]
         T = max(len(ids) for ids, _ in rows)
         ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
         att = torch.zeros((len(rows), T), dtype=torch.long)
@@ -59,8 +61,9 @@ def token_nll(model, encoded: Sequence[tuple[list[int], list[bool]]], pad_id: in
     return total, count
 
 
-def perplexity(model, tokenizer, convs: Sequence, template: str = "auto", batch_size: int = 8,
-               max_length: int = 1024) -> dict[str, float]:
+def perplexity(
+    model, tokenizer, convs: Sequence, template: str = "auto", batch_size: int = 8, max_length: int = 1024
+) -> dict[str, float]:
     """{"loss", "perplexity", "tokens", "conversations"} of `model` on the assistant tokens of `convs`."""
     if not convs:
         raise ValueError("perplexity needs at least one conversation")
@@ -75,4 +78,9 @@ def perplexity(model, tokenizer, convs: Sequence, template: str = "auto", batch_
     if count == 0:
         raise ValueError("no assistant tokens to score: every conversation needs an assistant reply")
     loss = total / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count, "conversations": len(convs)}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "tokens": count,
+        "conversations": len(convs),
+    }

@@ -26,8 +26,14 @@ def _dicts(prompt: Sequence[Message | dict]) -> list[dict]:
     return [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
 
 
-def reward_scores(rm, prompts: Sequence[Sequence[Message | dict]], responses: Sequence[str], tokenizer=None,
-                  template: str | None = None, batch_size: int = 16) -> list[float]:
+def reward_scores(
+    rm,
+    prompts: Sequence[Sequence[Message | dict]],
+    responses: Sequence[str],
+    tokenizer=None,
+    template: str | None = None,
+    batch_size: int = 16,
+) -> list[float]:
     """Reward of `responses[i]` as the reply to `prompts[i]`, with the reward model's own tokenizer and template
     (as recorded by `load_reward_model`) unless given."""
     tok = tokenizer if tokenizer is not None else rm.tokenizer
@@ -35,25 +41,43 @@ def reward_scores(rm, prompts: Sequence[Sequence[Message | dict]], responses: Se
     return rm.score_texts(tok, [_dicts(p) for p in prompts], list(responses), tpl, batch_size)
 
 
-def win_rate(scores_a: Sequence[float], scores_b: Sequence[float], n_boot: int = 1000, seed: int = 0,
-             level: float = 0.95) -> dict[str, float]:
+def win_rate(
+    scores_a: Sequence[float],
+    scores_b: Sequence[float],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
     """Win rate of A over B (ties 0.5) with a `level` percentile bootstrap interval over prompts."""
     if len(scores_a) != len(scores_b) or not scores_a:
-        raise ValueError(f"win_rate needs two equal, non-empty score lists, got {len(scores_a)} and {len(scores_b)}")
+        raise ValueError(
+            f"win_rate needs two equal, non-empty score lists, got {len(scores_a)} and {len(scores_b)}"
+        )
     a, b = torch.tensor(scores_a, dtype=torch.float64), torch.tensor(scores_b, dtype=torch.float64)
     outcome = (a > b).double() + 0.5 * (a == b).double()  # (N,) 1 win, 0.5 tie, 0 loss
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(outcome), (n_boot, len(outcome)), generator=gen)  # (n_boot, N)
     boot = outcome[idx].mean(1)
     tail = (1.0 - level) / 2
-    return {"win_rate": outcome.mean().item(), "ci_low": torch.quantile(boot, tail).item(),
-            "ci_high": torch.quantile(boot, 1.0 - tail).item(), "n": len(outcome),
-            "wins": int((a > b).sum()), "ties": int((a == b).sum()), "losses": int((a < b).sum())}
+    return {
+        "win_rate": outcome.mean().item(),
+        "ci_low": torch.quantile(boot, tail).item(),
+        "ci_high": torch.quantile(boot, 1.0 - tail).item(),
+        "n": len(outcome),
+        "wins": int((a > b).sum()),
+        "ties": int((a == b).sum()),
+        "losses": int((a < b).sum()),
+    }
 
 
 @torch.no_grad()
-def sequence_logprobs(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-                      batch_size: int = 16) -> list[list[float]]:
+def sequence_logprobs(
+    model,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 16,
+) -> list[list[float]]:
     """log p(response token | prompt, earlier response tokens) for every response token, one list per row."""
     from posttrain.rollout import left_pad, position_ids_from_mask
 
@@ -63,7 +87,7 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]], responses: Sequen
     out: list[list[float]] = []
     try:
         for s in range(0, len(prompts), batch_size):
-            ps, rs = prompts[s: s + batch_size], responses[s: s + batch_size]
+            ps, rs = prompts[s : s + batch_size], responses[s : s + batch_size]
             ids, mask = left_pad(ps, pad_id)  # prompts right-aligned: every response starts at column P
             R = max(1, max(len(r) for r in rs))
             resp = torch.full((len(rs), R), pad_id, dtype=torch.long)
@@ -71,10 +95,17 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]], responses: Sequen
             for i, r in enumerate(rs):
                 resp[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
                 rmask[i, : len(r)] = 1
-            full, att = torch.cat([ids, resp], 1).to(device), torch.cat([mask, rmask], 1).to(device)  # (B, P+R)
-            logits = model(input_ids=full, attention_mask=att, position_ids=position_ids_from_mask(att)).logits
+            full, att = (
+                torch.cat([ids, resp], 1).to(device),
+                torch.cat([mask, rmask], 1).to(device),
+            )  # (B, P+R)
+            logits = model(
+                input_ids=full, attention_mask=att, position_ids=position_ids_from_mask(att)
+            ).logits
             P = ids.shape[1]
-            logp = torch.log_softmax(logits[:, P - 1: -1].float(), -1)  # (B, R, V): predictions of response tokens
+            logp = torch.log_softmax(
+                logits[:, P - 1 : -1].float(), -1
+            )  # (B, R, V): predictions of response tokens
             tok_lp = logp.gather(-1, resp.to(device).unsqueeze(-1)).squeeze(-1)  # (B, R)
             out += [row[: len(r)] for row, r in zip(tok_lp.tolist(), rs)]
     finally:
@@ -82,24 +113,42 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]], responses: Sequen
     return out
 
 
-def kl_from_logprobs(policy_lp: Sequence[Sequence[float]], ref_lp: Sequence[Sequence[float]]) -> dict[str, float]:
+def kl_from_logprobs(
+    policy_lp: Sequence[Sequence[float]], ref_lp: Sequence[Sequence[float]]
+) -> dict[str, float]:
     """Sequence-level KL estimate (mean over responses of summed log-ratios) and its per-token version."""
     sums = [sum(p) - sum(r) for p, r in zip(policy_lp, ref_lp)]
     tokens = sum(len(p) for p in policy_lp)
-    return {"kl": sum(sums) / max(1, len(sums)), "kl_per_token": sum(sums) / max(1, tokens),
-            "responses": len(sums), "mean_response_tokens": tokens / max(1, len(sums))}
+    return {
+        "kl": sum(sums) / max(1, len(sums)),
+        "kl_per_token": sum(sums) / max(1, tokens),
+        "responses": len(sums),
+        "mean_response_tokens": tokens / max(1, len(sums)),
+    }
 
 
-def policy_kl(policy, reference, tokenizer, prompts: Sequence[Sequence[Message | dict]], template: str = "auto",
-              max_new_tokens: int = 64, samples: int = 1, temperature: float = 1.0, batch_size: int = 16,
-              seed: int = 0, progress: bool = False) -> dict[str, float]:
+def policy_kl(
+    policy,
+    reference,
+    tokenizer,
+    prompts: Sequence[Sequence[Message | dict]],
+    template: str = "auto",
+    max_new_tokens: int = 64,
+    samples: int = 1,
+    temperature: float = 1.0,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
     """KL(policy || reference) on `samples` responses per prompt sampled from the policy (same tokenizer).
 
     `reference=None`: the policy itself with its adapters switched off (what a PEFT run started from)."""
     from posttrain.eval.generation import respond
 
     repeated = [p for p in prompts for _ in range(samples)]
-    ro = respond(policy, tokenizer, repeated, template, max_new_tokens, batch_size, temperature, seed, progress)
+    ro = respond(
+        policy, tokenizer, repeated, template, max_new_tokens, batch_size, temperature, seed, progress
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pol = sequence_logprobs(policy, ro.prompt_ids, ro.response_ids, pad, batch_size)
     if reference is None:

@@ -63,32 +63,61 @@ def _per_task_section(per_task: dict[str, dict[str, dict[str, Any]]]) -> list[st
     out = []
     for name, tasks in per_task.items():
         keys = list(dict.fromkeys(k for t in tasks.values() for k in t))
-        out += [f"### Accuracy per task: {escape_md(name)}", "",
-                table(["task", *keys], [[task, *(v.get(k, "") for k in keys)] for task, v in tasks.items()]), ""]
+        out += [
+            f"### Accuracy per task: {escape_md(name)}",
+            "",
+            table(["task", *keys], [[task, *(v.get(k, "") for k in keys)] for task, v in tasks.items()]),
+            "",
+        ]
     return out
 
 
 def _win_rate_table(win_rates: list[dict[str, Any]]) -> str:
     header = ["A", "B", "win rate of A", "95% CI", "n", "wins", "ties", "losses"]
-    rows = [[w["a"], w["b"], w["win_rate"], f"[{w['ci_low']:.3f}, {w['ci_high']:.3f}]", w["n"], w["wins"], w["ties"],
-             w["losses"]] for w in win_rates]
+    rows = [
+        [
+            w["a"],
+            w["b"],
+            w["win_rate"],
+            f"[{w['ci_low']:.3f}, {w['ci_high']:.3f}]",
+            w["n"],
+            w["wins"],
+            w["ties"],
+            w["losses"],
+        ]
+        for w in win_rates
+    ]
     return table(header, rows)
 
 
 def render_markdown(results: dict[str, Any]) -> str:
     """The whole report as markdown."""
-    out = ["# Evaluation report", "", "Models: " + ", ".join(f"`{escape_md(m)}`" for m in results["models"]), ""]
+    out = [
+        "# Evaluation report",
+        "",
+        "Models: " + ", ".join(f"`{escape_md(m)}`" for m in results["models"]),
+        "",
+    ]
     for section, by_model in results["metrics"].items():
         out += [f"## {section.capitalize()}", "", _metric_table(by_model), ""]
         if section == "accuracy" and results.get("per_task"):
             out += _per_task_section(results["per_task"])
     if results.get("win_rates"):
-        out += ["## Win rates (reward model judge, ties count 0.5)", "", _win_rate_table(results["win_rates"]), ""]
+        out += [
+            "## Win rates (reward model judge, ties count 0.5)",
+            "",
+            _win_rate_table(results["win_rates"]),
+            "",
+        ]
     for section, samples in results.get("samples", {}).items():
         if samples:
             cols = list(dict.fromkeys(k for s in samples for k in s))
-            out += [f"## Sample generations: {section}", "",
-                    table(cols, [[s.get(c, "") for c in cols] for s in samples]), ""]
+            out += [
+                f"## Sample generations: {section}",
+                "",
+                table(cols, [[s.get(c, "") for c in cols] for s in samples]),
+                "",
+            ]
     return "\n".join(out)
 
 
@@ -98,12 +127,17 @@ def _bar_plot(section: str, by_model: dict[str, dict[str, Any]], path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in dict.fromkeys(k for m in by_model.values() for k in m)
-            if all(isinstance(m.get(k), float) for m in by_model.values())]
+    keys = [
+        k
+        for k in dict.fromkeys(k for m in by_model.values() for k in m)
+        if all(isinstance(m.get(k), float) for m in by_model.values())
+    ]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         names = list(by_model)
-        ax.bar(range(len(names)), [by_model[n][key] for n in names], color=[f"C{i}" for i in range(len(names))])
+        ax.bar(
+            range(len(names)), [by_model[n][key] for n in names], color=[f"C{i}" for i in range(len(names))]
+        )
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_title(key)
     fig.suptitle(section)
@@ -120,7 +154,10 @@ def _win_rate_plot(win_rates: list[dict[str, Any]], path: Path) -> None:
 
     labels = [f"{w['a']} vs {w['b']}" for w in win_rates]
     rates = [w["win_rate"] for w in win_rates]
-    err = [[r - w["ci_low"] for r, w in zip(rates, win_rates)], [w["ci_high"] - r for r, w in zip(rates, win_rates)]]
+    err = [
+        [r - w["ci_low"] for r, w in zip(rates, win_rates)],
+        [w["ci_high"] - r for r, w in zip(rates, win_rates)],
+    ]
     fig, ax = plt.subplots(figsize=(5, 0.6 * len(labels) + 1.5))
     ax.barh(range(len(labels)), rates, xerr=err, capsize=4, color="C0")
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)

@@ -79,8 +79,13 @@ def _limit(rows: list, n: int) -> list:
 
 def read_inputs(cfg: EvalConfig) -> dict[str, list]:
     """Every enabled section's rows, read once (DataErrors name the file and line)."""
-    files = {"accuracy": cfg.accuracy.data, "preference": cfg.preference.data, "harmful": cfg.safety.harmful,
-             "benign": cfg.safety.benign, "identity": cfg.safety.identity}
+    files = {
+        "accuracy": cfg.accuracy.data,
+        "preference": cfg.preference.data,
+        "harmful": cfg.safety.harmful,
+        "benign": cfg.safety.benign,
+        "identity": cfg.safety.identity,
+    }
     inputs = {k: _limit(read_eval_rows(f, cfg.system_prompt), cfg.limit) for k, f in files.items() if f}
     if cfg.likelihood.data:
         inputs["likelihood"] = _limit(read_conversations(cfg.likelihood.data, cfg.system_prompt), cfg.limit)
@@ -97,8 +102,17 @@ def _add_samples(ctx: Context, section: str, name: str, rows: list, texts: list[
 
 def _respond(ctx: Context, model, tok, rows: list) -> list[str]:
     c = ctx.cfg
-    return respond(model, tok, [r.prompt for r in rows], c.template, c.max_new_tokens, c.batch_size, c.temperature,
-                   c.seed, c.progress).texts
+    return respond(
+        model,
+        tok,
+        [r.prompt for r in rows],
+        c.template,
+        c.max_new_tokens,
+        c.batch_size,
+        c.temperature,
+        c.seed,
+        c.progress,
+    ).texts
 
 
 def run_likelihood(ctx: Context, name: str, model, tok) -> dict[str, Any]:
@@ -127,16 +141,35 @@ def run_preference(ctx: Context, name: str, model, tok) -> dict[str, Any]:
         with_ref = [i for i, r in enumerate(rows) if r.references]
         if c.preference.against_reference and with_ref:
             if ctx.reference_rewards is None:
-                ctx.reference_rewards = reward_scores(ctx.judge, [rows[i].prompt for i in with_ref],
-                                                      [rows[i].references[0] for i in with_ref], batch_size=c.batch_size)
-            w = win_rate([ctx.rewards[name][i] for i in with_ref], ctx.reference_rewards, c.preference.n_boot, c.seed)
+                ctx.reference_rewards = reward_scores(
+                    ctx.judge,
+                    [rows[i].prompt for i in with_ref],
+                    [rows[i].references[0] for i in with_ref],
+                    batch_size=c.batch_size,
+                )
+            w = win_rate(
+                [ctx.rewards[name][i] for i in with_ref], ctx.reference_rewards, c.preference.n_boot, c.seed
+            )
             ctx.results["win_rates"].append({"a": name, "b": "reference", **w})
             out["win_rate_vs_reference"] = w["win_rate"]
     if c.preference.kl_reference:
         reference = None if c.preference.kl_reference == "base" else ctx.kl_reference
-        kl = policy_kl(model, reference, tok, [r.prompt for r in rows], c.template, c.max_new_tokens,
-                       c.preference.kl_samples, 1.0, c.batch_size, c.seed, c.progress)
-        out.update(kl=kl["kl"], kl_per_token=kl["kl_per_token"], kl_response_tokens=kl["mean_response_tokens"])
+        kl = policy_kl(
+            model,
+            reference,
+            tok,
+            [r.prompt for r in rows],
+            c.template,
+            c.max_new_tokens,
+            c.preference.kl_samples,
+            1.0,
+            c.batch_size,
+            c.seed,
+            c.progress,
+        )
+        out.update(
+            kl=kl["kl"], kl_per_token=kl["kl_per_token"], kl_response_tokens=kl["mean_response_tokens"]
+        )
     return out
 
 
@@ -173,14 +206,22 @@ def run_safety(ctx: Context, name: str, model, tok) -> dict[str, Any]:
     return out
 
 
-SECTIONS = {"likelihood": run_likelihood, "accuracy": run_accuracy, "preference": run_preference,
-            "safety": run_safety}
+SECTIONS = {
+    "likelihood": run_likelihood,
+    "accuracy": run_accuracy,
+    "preference": run_preference,
+    "safety": run_safety,
+}
 """Section name -> runner; a section runs when its input is there (see `_enabled`)."""
 
 
 def _enabled(inputs: dict[str, list]) -> list[str]:
-    have = {"likelihood": "likelihood" in inputs, "accuracy": "accuracy" in inputs,
-            "preference": "preference" in inputs, "safety": any(k in inputs for k in ("harmful", "benign", "identity"))}
+    have = {
+        "likelihood": "likelihood" in inputs,
+        "accuracy": "accuracy" in inputs,
+        "preference": "preference" in inputs,
+        "safety": any(k in inputs for k in ("harmful", "benign", "identity")),
+    }
     return [s for s in SECTIONS if have[s]]
 
 
@@ -189,7 +230,9 @@ def _setup(ctx: Context) -> None:
     c = ctx.cfg
     if "preference" in ctx.inputs:
         if not c.preference.reward_model and not c.preference.kl_reference:
-            raise ValueError("preference.data is set but neither preference.reward_model nor preference.kl_reference")
+            raise ValueError(
+                "preference.data is set but neither preference.reward_model nor preference.kl_reference"
+            )
         if c.preference.reward_model:
             from posttrain.objectives.reward import load_reward_model
 
@@ -229,10 +272,19 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if sections and not specs:
         raise ValueError(f"sections {sections} need a model: set `model`")
     if not sections and not cfg.accuracy.predictions:
-        raise ValueError("nothing to evaluate: give likelihood.data, accuracy.data, accuracy.predictions, "
-                         "preference.data, or safety.harmful / benign / identity")
-    results: dict[str, Any] = {"models": [s.name for s in specs], "metrics": {}, "per_task": {}, "win_rates": [],
-                               "samples": {}, "rows": {}, "config": to_dict(cfg)}
+        raise ValueError(
+            "nothing to evaluate: give likelihood.data, accuracy.data, accuracy.predictions, "
+            "preference.data, or safety.harmful / benign / identity"
+        )
+    results: dict[str, Any] = {
+        "models": [s.name for s in specs],
+        "metrics": {},
+        "per_task": {},
+        "win_rates": [],
+        "samples": {},
+        "rows": {},
+        "config": to_dict(cfg),
+    }
     if cfg.accuracy.predictions:
         scored = score_file(cfg.accuracy.predictions, cfg.accuracy.metrics, cfg.accuracy.user_metric)
         results["models"].append("predictions")
@@ -244,7 +296,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     for spec in specs:
         model, tok = load_model(spec.model, spec.adapter, cfg)
         for section in sections:
-            results["metrics"].setdefault(section, {})[spec.name] = SECTIONS[section](ctx, spec.name, model, tok)
+            results["metrics"].setdefault(section, {})[spec.name] = SECTIONS[section](
+                ctx, spec.name, model, tok
+            )
         del model
         _free_memory()
     _pairwise_win_rates(ctx)

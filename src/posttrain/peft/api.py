@@ -1,8 +1,8 @@
 """apply_peft and the switches every objective uses: disable, set, merge, count.
 
-    model = apply_peft(model, PeftConfig(method="lora"))  # base frozen, LoRA on every linear but the head
-    with disable_adapters(model):                         # exactly the base: the DPO/PPO reference
-        ref_logits = model(ids).logits
+model = apply_peft(model, PeftConfig(method="lora"))  # base frozen, LoRA on every linear but the head
+with disable_adapters(model):                         # exactly the base: the DPO/PPO reference
+    ref_logits = model(ids).logits
 """
 
 from __future__ import annotations
