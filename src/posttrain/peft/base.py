@@ -8,6 +8,7 @@ no registry to keep in sync.
 
 from __future__ import annotations
 
+import abc
 import copy
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 
-class Tuner(nn.Module):
+class Tuner(nn.Module, abc.ABC):
     """Base of every posttrain adapter module. `active` names the adapter in use; `disabled` gives the base"""
 
     method: str = ""
@@ -25,11 +26,13 @@ class Tuner(nn.Module):
         self.active = "default"
         self.disabled = False
 
+    @abc.abstractmethod
     def adapter_names(self) -> list[str]:
-        raise NotImplementedError
+        """Names of the adapters this module holds."""
 
+    @abc.abstractmethod
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        raise NotImplementedError
+        """The trainable parameters of adapter `name` in this module."""
 
 
 def tuners(model: nn.Module) -> list[Tuner]:
