@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import base_dir, write_prefs
 from posttrain.data.preference import PairSample, pair_collate
 from posttrain.objectives.dpo import (
     LOSSES,
@@ -133,31 +134,7 @@ def test_precomputed_reference_is_used(llama):
 # `posttrain dpo` end to end
 
 
-def _base_dir(tmp_path):
-    from posttrain.models import tiny_model, tiny_tokenizer
-
-    d = tmp_path / "base"
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return str(d)
-
-
-def _prefs(path, n, seed=0):
-    """Synthetic preference: chosen replies use words from one set, rejected from another."""
-    import json
-    import random
-
-    g = random.Random(seed)
-    good, bad = ["fox", "dog", "quick", "brown"], ["cat", "tac", "lazy", "sort"]
-    with open(path, "w") as f:
-        for i in range(n):
-            rec = {
-                "prompt": f"Say {g.choice(['hello', 'world', 'something'])} {i}",
-                "chosen": " ".join(g.choice(good) for _ in range(g.randint(2, 6))),
-                "rejected": " ".join(g.choice(bad) for _ in range(g.randint(2, 6))),
-            }
-            f.write(json.dumps(rec) + "\n")
-    return str(path)
+_base_dir, _prefs = base_dir, write_prefs
 
 
 def _sft_lora(tmp_path, base):

@@ -1,0 +1,29 @@
+"""Small builders shared by several test files (pytest puts tests/ on sys.path: `from helpers import ...`)."""
+
+import json
+import random
+
+
+def base_dir(tmp_path):
+    """A tiny llama + tokenizer saved to tmp_path/base, as a model directory the CLI commands load."""
+    from posttrain.models import tiny_model, tiny_tokenizer
+
+    d = tmp_path / "base"
+    tiny_model("llama").save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return str(d)
+
+
+def write_prefs(path, n, seed=0):
+    """Synthetic preference: chosen replies use words from one set, rejected from another."""
+    g = random.Random(seed)
+    good, bad = ["fox", "dog", "quick", "brown"], ["cat", "tac", "lazy", "sort"]
+    with open(path, "w") as f:
+        for i in range(n):
+            rec = {
+                "prompt": f"Say {g.choice(['hello', 'world', 'something'])} {i}",
+                "chosen": " ".join(g.choice(good) for _ in range(g.randint(2, 6))),
+                "rejected": " ".join(g.choice(bad) for _ in range(g.randint(2, 6))),
+            }
+            f.write(json.dumps(rec) + "\n")
+    return str(path)
