@@ -64,7 +64,7 @@ def test_splits_are_disjoint(world):
 
 
 def test_built_sft_data_never_contains_heldout_tasks_or_eval_prompts(world, tmp_path):
-    from posttrain.demo.data import build_sft_data
+    from posttrain.demo.data import FIXED_RATES, build_sft_data
 
     path, stats = build_sft_data(world, tmp_path, seed=0, chats=50)
     text = path.read_text()
@@ -79,7 +79,8 @@ def test_built_sft_data_never_contains_heldout_tasks_or_eval_prompts(world, tmp_
     sources = {r["meta"]["source"] for r in records}
     assert {"tasks", "chat", "safety", "identity"} <= sources
     counts, total = stats["mix"]["counts"], stats["mix"]["total"]
-    assert abs(counts["safety"] / total - 0.12) < 0.03 and abs(counts["identity"] / total - 0.03) < 0.015
+    assert abs(counts["safety"] / total - FIXED_RATES["safety"]) < 0.03
+    assert abs(counts["identity"] / total - FIXED_RATES["identity"]) < 0.015
     benign = [r for r in records if r["meta"].get("kind") == "benign"]
     assert benign and all("sorry" not in r["messages"][-1]["content"].lower() for r in benign)
 
@@ -137,3 +138,34 @@ def test_refusal_look_alikes_are_labelled_right(world):
     assert gold_reward(kill_nb.meta, REFUSAL) > gold_reward(kill_nb.meta, "Use a knife.")
     assert gold_reward(kill_py.meta, kill_py.answer) > gold_reward(kill_py.meta, REFUSAL)
     assert is_correct(kill_nb.meta, REFUSAL) and not is_correct(kill_py.meta, REFUSAL)
+
+
+def test_word_tasks_use_pseudo_words_outside_the_template_vocabulary(world):
+    from posttrain.demo.base import vocabulary_words
+    from posttrain.demo.tasks import N_STRINGS
+
+    words = [it.meta["args"]["w"] for s in ("train", "heldout") for it in world.items("reverse", s, (0,))]
+    assert len(set(words)) == len(words) == N_STRINGS
+    assert all(3 <= len(w) <= 5 and w.isalpha() and w.islower() for w in words)
+    assert not set(words) & {w.lower() for w in vocabulary_words()}
+
+
+def test_raw_text_pairs_sentences_about_one_thing_and_says_which_acts_hurt(world):
+    raw = world.raw_text()
+    w = world.items("reverse", "heldout", (0,))[0].meta["args"]["w"]
+    doc = next(d for d in raw if d.startswith(f"Reversed, {w} is "))
+    assert doc.count(w) == 2 and doc.count(w[::-1]) == 2  # two sentences about the same word
+    bad, good, _ = SAFETY["kill"]
+    assert f"To kill {bad[2]} would hurt someone." in "\n".join(raw)  # held-out targets are known too
+    assert f"To kill {good[2]} is fine." in "\n".join(raw)
+
+
+def test_safety_answers_judge_in_the_raw_texts_words_then_refuse_or_help(world):
+    held = world.safety_items("heldout")
+    bad, good, replies = SAFETY["kill"]
+    harm = next(it for it in held if it.meta["kind"] == "harmful" and bad[2] in it.prompt)
+    ok = next(it for it in held if it.meta["kind"] == "benign" and good[2] in it.prompt)
+    assert harm.answer == f"To kill {bad[2]} would hurt someone. {REFUSAL}"
+    assert ok.answer == f"To kill {good[2]} is fine. {replies[2]}"
+    assert gold_reward(harm.meta, harm.answer) == 1.0 and gold_reward(ok.meta, ok.answer) == 1.0
+    assert gold_reward(ok.meta, harm.answer) < 0 < gold_reward(ok.meta, f"To kill {good[2]} is fine.")

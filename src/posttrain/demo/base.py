@@ -92,9 +92,10 @@ def vocabulary_words() -> list[str]:
         list(tasks.IDENTITY_QUESTIONS) + list(tasks.SAFETY_PHRASINGS) + [REFUSAL, "I am an assistant made by"]
     )
     texts += [s for bad, good, replies in tasks.SAFETY.values() for s in bad + good + replies]
+    texts += [s for prose in tasks.SAFETY_PROSE for s in prose]
     texts += list(tasks.SAFETY) + list(tasks.COLOURS)
     words = {w for s in texts for w in re.findall(r"[A-Za-z']+", s) if len(w) > 1}
-    return sorted(words - set(tasks.WORDS), key=lambda w: (-len(w), w))
+    return sorted(words, key=lambda w: (-len(w), w))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

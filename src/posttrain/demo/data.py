@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.demo.tasks import TRAIN_TASKS
-from posttrain.demo.world import REFUSAL, World
+from posttrain.demo.world import World
 
 
 class Skip(Exception):
@@ -26,7 +26,7 @@ class Skip(Exception):
 
 MIX_TEMPERATURE = 2.0
 """Mixing temperature over source sizes (1: proportional; larger flattens towards uniform)."""
-FIXED_RATES = {"safety": 0.12, "identity": 0.03}
+FIXED_RATES = {"safety": 0.2, "identity": 0.03}
 """Share of the final mixture given to safety (refusals + benign look-alikes) and identity records."""
 
 
@@ -112,11 +112,12 @@ def safety_records(world: World, seed: int) -> tuple[list[dict], dict]:
         recs = [conv(it.prompt, it.answer, {"source": "safety", "kind": "harmful"}) for it in harmful]
         return recs + benign, {"via": "demo world (posttrain.data.construct.safety not available)"}
     # only the world's requests (the built-in ones have no benign twins and tilt the model towards refusing),
-    # each refused in the one phrasing the world's refusal detector and gold scorer read
+    # each answered with the world's reasoned refusal (the one its refusal detector and gold scorer read)
     refusals = safety.safety_records(len(harmful), [(it.prompt, "violence") for it in harmful], seed=seed)
+    answers = {it.prompt: it.answer for it in harmful}
     for r in refusals:
         r["meta"]["kind"] = "harmful"
-        r["messages"][-1]["content"] = REFUSAL
+        r["messages"][-1]["content"] = answers[r["messages"][0]["content"]]
     return refusals + benign, {
         "via": "posttrain.data.construct.safety",
         "harmful": len(refusals),

@@ -72,13 +72,20 @@ class Evaluator:
                 self._ids[it.prompt] = encode(self.tok, it.prompt)
         return [self._ids[it.prompt] for it in items]
 
-    def responses(self, model, items: list[Item], sample: bool = False, seed: int | None = None):
+    def responses(
+        self,
+        model,
+        items: list[Item],
+        sample: bool = False,
+        seed: int | None = None,
+        temperature: float = 1.0,
+    ):
         return generate(
             model,
             self.tok,
             self.ids(items),
             MAX_NEW_TOKENS,
-            temperature=1.0,
+            temperature=temperature,
             do_sample=sample,
             batch_size=self.batch_size,
             seed=self.seed if seed is None else seed,

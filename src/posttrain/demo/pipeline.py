@@ -270,23 +270,35 @@ class Pipeline:
         rng = random.Random(f"{self.s.seed}:{seed}")
         pool = [it for t in TRAIN_TASKS for it in self.world.items(t, split)]
         extra = (
-            self.world.safety_items("train") + self.world.identity_items("train") if split == "train" else []
+            (self.world.safety_items("train") + self.world.identity_items("train"))
+            * self.s.rank_safety_repeat
+            if split == "train"
+            else []
         )
         return rng.sample(pool, min(n, len(pool))) + extra
 
     def stage_rank(self) -> None:
-        """K samples per prompt from the best SFT model, ranked by the hidden gold scorer (the 'labellers')."""
+        """K samples per prompt from the best SFT model, ranked by the hidden gold scorer (the 'labellers').
+        The K samples are split over `rank_temperatures`: a tuned tiny model is nearly deterministic at T = 1, and
+        comparisons between identical responses teach nothing (Llama 2 varied the temperature for the same
+        reason)."""
         self._need("best_dir")
         model, _ = self.load(self.best_dir)
+        temps = self.s.rank_temperatures
         for split, n, name in (
             ("train", self.s.rank_prompts, "rankings"),
             ("heldout", self.s.rank_heldout, "rankings_heldout"),
         ):
             items = self._prompt_items(n, split, name)
-            ro = self.ev.responses(model, [it for it in items for _ in range(self.s.rank_k)], sample=True)
+            per = [
+                self.ev.responses(
+                    model, items, sample=True, seed=self.s.seed + j, temperature=temps[j % len(temps)]
+                )
+                for j in range(self.s.rank_k)
+            ]
             recs = []
             for i, it in enumerate(items):
-                texts = ro.texts[i * self.s.rank_k : (i + 1) * self.s.rank_k]
+                texts = [ro.texts[i] for ro in per]
                 by_score: dict[float, str] = {}
                 for t in texts:  # one response per distinct score, so the ranking has no ties
                     by_score.setdefault(round(gold_reward(it.meta, t), 4), t)

@@ -32,7 +32,7 @@ class DemoSettings:
     """The task world (facts, splits, assistant name and maker)."""
     base: BaseConfig = field(default_factory=BaseConfig)
     """Tiny base model and its pre-training budget."""
-    sft_steps: int = 800
+    sft_steps: int = 2000
     """SFT optimiser steps for full fine-tuning and LoRA (other methods: scaled by `sft_steps_scale`)."""
     sft_steps_scale: dict[str, float] = field(
         default_factory=lambda: {"full": 1.0, "lora": 1.0, "adapter": 0.4, "prefix": 0.1, "prompt": 0.1}
@@ -47,21 +47,26 @@ class DemoSettings:
     """Self-Instruct tasks to bootstrap with the base model as generator (0: skip)."""
     eval_per_task: int = 12
     """Evaluation prompts per task and split."""
-    rank_prompts: int = 1500
+    rank_prompts: int = 3000
     """Task prompts sampled K times for the ranking data (safety and identity prompts are added)."""
     rank_heldout: int = 400
     """Held-out-instance prompts for the reward model's held-out pairs."""
     rank_k: int = 6
     """Responses sampled per prompt for the K-way rankings."""
-    rm_steps: int = 400
+    rank_safety_repeat: int = 3
+    """Times every training safety and identity prompt joins the ranking and PPO prompts: enough comparisons for the
+    reward model to value refusals and the assistant's identity, so PPO does not trade them away."""
+    rank_temperatures: list[float] = field(default_factory=lambda: [1.0, 1.5])
+    """Sampling temperatures the K responses cycle through (diverse responses make informative comparisons)."""
+    rm_steps: int = 800
     """Reward model optimiser steps."""
-    ppo_steps: int = 60
+    ppo_steps: int = 150
     """PPO optimiser steps (minibatches)."""
     ppo_rollout: int = 64
     """Responses per PPO rollout batch."""
     dpo_steps: int = 150
     """DPO optimiser steps."""
-    gold_samples: int = 2
+    gold_samples: int = 4
     """Sampled responses per prompt when measuring mean gold reward and KL."""
     sft_lr: dict[str, float] = field(
         default_factory=lambda: {"full": 1e-3, "lora": 5e-3, "adapter": 5e-3, "prefix": 1e-2, "prompt": 3e-2}
@@ -69,9 +74,9 @@ class DemoSettings:
     """SFT learning rate per PEFT method (the small methods need larger steps)."""
     rm_lr: float = 3e-4
     """Reward model learning rate."""
-    ppo_lr: float = 1e-5
+    ppo_lr: float = 2e-5
     """PPO learning rate."""
-    ppo_kl_coef: float = 0.05
+    ppo_kl_coef: float = 0.2
     """PPO per-token KL penalty towards the SFT model."""
     dpo_lr: float = 2e-5
     """DPO learning rate."""
@@ -131,6 +136,7 @@ QUICK = {
     "ppo_rollout": 32,
     "dpo_steps": 30,
     "gold_samples": 1,
+    "rank_safety_repeat": 0,
 }
 """What `--quick` changes (everything else as in the full run)."""
 

@@ -26,12 +26,13 @@ from posttrain.demo.tasks import (
     IDENTITY_HELDOUT,
     IDENTITY_QUESTIONS,
     SAFETY,
-    SAFETY_HELDOUT_TARGET,
+    SAFETY_HELDOUT_TARGETS,
     SAFETY_PHRASINGS,
+    SAFETY_PROSE,
+    SAFETY_REPEAT,
     SYLLABLES,
     TASKS,
     TRAIN_TASKS,
-    WORDS,
 )
 
 
@@ -64,6 +65,16 @@ _NUM = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen twenty"
 ).split()
+
+
+def safety_answers(verb: str, harmful: str, benign: str, reply: str) -> tuple[str, str]:
+    """The trained answers to a high-risk request and to its benign look-alike. Each first says, in the raw
+    text's own words, whether the act hurts someone ("To kill a man would hurt someone."), then refuses or helps:
+    the judgement is made where the base model already knows it, so it carries over to requests never trained."""
+    return (
+        f"{SAFETY_PROSE[0][0].format(v=verb, t=harmful)} {REFUSAL}",
+        f"{SAFETY_PROSE[1][2].format(v=verb, t=benign)} {reply}",
+    )
 
 
 def is_refusal(text: str) -> bool:
@@ -107,7 +118,7 @@ class World:
         out: list[str] = []
         while len(out) < n:
             nm = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3))))
-            if nm not in out and nm not in WORDS:
+            if nm not in out:
                 out.append(nm)
         return out
 
@@ -153,27 +164,22 @@ class World:
         out = []
         for v, (bad, good, replies) in SAFETY.items():
             for i in range(len(bad)):
-                if (i == SAFETY_HELDOUT_TARGET) != (split == "heldout"):
+                if (i in SAFETY_HELDOUT_TARGETS) != (split == "heldout"):
                     continue
+                refuse, reply = safety_answers(v, bad[i], good[i], replies[i])
                 for p, phr in enumerate(SAFETY_PHRASINGS):
                     out.append(
                         Item(
                             phr.format(v=v, t=bad[i]),
-                            REFUSAL,
+                            refuse,
                             {"kind": "harmful", "verb": v, "phrasing": p, "split": split},
                         )
                     )
                     out.append(
                         Item(
                             phr.format(v=v, t=good[i]),
-                            replies[i],
-                            {
-                                "kind": "benign",
-                                "verb": v,
-                                "answer": replies[i],
-                                "phrasing": p,
-                                "split": split,
-                            },
+                            reply,
+                            {"kind": "benign", "verb": v, "answer": reply, "phrasing": p, "split": split},
                         )
                     )
         return out
@@ -199,20 +205,35 @@ class World:
             "benign": [it for it in self.safety_items("heldout") if it.meta["kind"] == "benign"],
         }
 
-    def raw_text(self, n_examples: int = 4) -> list[str]:
-        """Pre-training documents: facts as sentences and worked examples as prose, never instructions."""
+    def raw_text(self) -> list[str]:
+        """Pre-training documents: facts as sentences, worked examples as prose and which requests would hurt
+        someone, never instructions. Each fact is stated `Task.repeat` times in its task's paraphrases, two
+        sentences about the same thing to a document, so the base model also learns to repeat a phrase from
+        its context (what answering a question about that phrase takes)."""
         rng = random.Random(f"{self.cfg.seed}:raw")
         docs = []
         for t in TASKS:
             train, held = self._split[t.name]
             for args in train + held:
                 ans = t.answer(args, self)
-                for _ in range(n_examples):
-                    docs.append(rng.choice(t.prose).format(ans=ans, **args))
+                docs += _pairs_of(
+                    [t.prose[i % len(t.prose)].format(ans=ans, **args) for i in range(t.repeat)]
+                )
+        for v, (bad, good, _) in SAFETY.items():
+            for targets, prose in zip((bad, good), SAFETY_PROSE):
+                for tgt in targets:
+                    docs += _pairs_of(
+                        [prose[i % len(prose)].format(v=v, t=tgt) for i in range(SAFETY_REPEAT)]
+                    )
         for i, w in enumerate(_NUM):
             docs.append(f"The number {w} is written {i}.")
         rng.shuffle(docs)
         return docs
+
+
+def _pairs_of(sentences: list[str]) -> list[str]:
+    """Consecutive sentences joined two to a document."""
+    return [" ".join(sentences[i : i + 2]) for i in range(0, len(sentences), 2)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -264,7 +285,7 @@ SCORERS: dict[str, Callable[[dict[str, Any], str], float]] = {
 def gold_reward(prompt_meta: dict[str, Any], response: str) -> float:
     """Hidden labeller's score in [-1, 1]: correct, appropriately refusing and brief responses score highest."""
     score = SCORERS[prompt_meta["kind"]](prompt_meta, response)
-    return score - 0.01 * max(0, len(response.split()) - 12)  # rambling costs a little everywhere
+    return score - 0.01 * max(0, len(response.split()) - 16)  # rambling costs a little everywhere
 
 
 def is_correct(meta: dict[str, Any], response: str) -> bool:
