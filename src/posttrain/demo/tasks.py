@@ -4,6 +4,7 @@ prompts. `world.py` turns these tables into seeded splits; nothing here is rando
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,10 +46,16 @@ def _pairs(sub: bool = False) -> Callable:
     ]
 
 
-def _words(rng: random.Random, w: World) -> list[dict[str, Any]]:
+@functools.cache
+def _template_words() -> frozenset[str]:
+    # lazy: base imports the world, which imports this module
     from posttrain.demo.base import vocabulary_words
 
-    banned = {x.lower() for x in vocabulary_words()}
+    return frozenset(x.lower() for x in vocabulary_words())
+
+
+def _words(rng: random.Random, w: World) -> list[dict[str, Any]]:
+    banned = _template_words()
     seen: dict[str, None] = {}
     while len(seen) < N_STRINGS:
         x = "".join(rng.choice(LETTERS) for _ in range(rng.choice((3, 4, 5))))

@@ -216,13 +216,13 @@ class World:
             train, held = self._split[t.name]
             for args in train + held:
                 ans = t.answer(args, self)
-                docs += _pairs_of(
+                docs += _two_per_doc(
                     [t.prose[i % len(t.prose)].format(ans=ans, **args) for i in range(t.repeat)]
                 )
         for v, (bad, good, _) in SAFETY.items():
             for targets, prose in zip((bad, good), SAFETY_PROSE):
                 for tgt in targets:
-                    docs += _pairs_of(
+                    docs += _two_per_doc(
                         [prose[i % len(prose)].format(v=v, t=tgt) for i in range(SAFETY_REPEAT)]
                     )
         for i, w in enumerate(_NUM):
@@ -231,7 +231,7 @@ class World:
         return docs
 
 
-def _pairs_of(sentences: list[str]) -> list[str]:
+def _two_per_doc(sentences: list[str]) -> list[str]:
     """Consecutive sentences joined two to a document."""
     return [" ".join(sentences[i : i + 2]) for i in range(0, len(sentences), 2)]
 
