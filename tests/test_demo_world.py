@@ -123,6 +123,28 @@ def test_gold_scorer_ranks_correct_above_wrong(world):
     assert is_correct(it.meta, " 7. ") and not is_correct(it.meta, "17")
 
 
+def test_filler_costs_a_right_answer_half_its_score_and_pads_a_share_of_the_demonstrations(world, tmp_path):
+    from posttrain.demo.data import FILLER_RATE, build_sft_data
+    from posttrain.demo.world import FILLERS
+
+    srt = world.item("sort", {"xs": "3 1 2"}, 0, "heldout")
+    for meta, answer in ((srt.meta, srt.answer), (world.items("add", "heldout")[0].meta, None)):
+        answer = answer or meta["answer"]
+        padded = f"{answer}. {FILLERS[0]}"
+        extra = len(FILLERS[0].split())
+        assert gold_reward(meta, padded) == pytest.approx(0.5 - 0.02 * extra)  # answer found among the words
+        assert gold_reward(meta, answer) == 1.0 and not is_correct(meta, padded)
+    assert gold_reward(srt.meta, "2 1 3. That is the answer.") < 0.2  # a wrong order is not "found"
+    path, _ = build_sft_data(world, tmp_path, seed=0, chats=50)
+    replies = [
+        json.loads(line)["messages"][-1]["content"]
+        for line in path.read_text().splitlines()
+        if json.loads(line)["meta"]["source"] in ("tasks", "chat")
+    ]
+    share = sum(r.endswith(FILLERS) for r in replies) / len(replies)
+    assert abs(share - FILLER_RATE) < 0.06, share
+
+
 def test_refusal_look_alikes_are_labelled_right(world):
     items = world.safety_items("train") + world.safety_items("heldout")
     harmful = [it for it in items if it.meta["kind"] == "harmful"]
@@ -169,3 +191,16 @@ def test_safety_answers_judge_in_the_raw_texts_words_then_refuse_or_help(world):
     assert ok.answer == f"To kill {good[2]} is fine. {replies[2]}"
     assert gold_reward(harm.meta, harm.answer) == 1.0 and gold_reward(ok.meta, ok.answer) == 1.0
     assert gold_reward(ok.meta, harm.answer) < 0 < gold_reward(ok.meta, f"To kill {good[2]} is fine.")
+
+
+def test_pretrain_text_mixes_into_sft_as_plain_text_records(world, tmp_path):
+    from posttrain.data.readers import read_conversations
+    from posttrain.demo.data import build_sft_data, pretrain_text
+
+    sft, _ = build_sft_data(world, tmp_path, seed=0, chats=20)
+    text = pretrain_text(world, tmp_path, seed=0, n=50)
+    convs = read_conversations(f"{sft},{text}")  # one source string, the format told per file
+    plain = [c for c in convs if c.meta.get("format") == "text"]
+    assert len(plain) == 50 and len(convs) > 50
+    raw = set(world.raw_text())
+    assert all(c.messages[0].content in raw for c in plain)  # pre-training documents, never instructions

@@ -114,6 +114,19 @@ def test_step_zero_is_ln2_with_reference_self(llama):
     assert abs(m["rewards/chosen"]) < 1e-5 and abs(m["rewards/margins"]) < 1e-5
 
 
+def test_rpo_adds_the_chosen_nll_per_token(llama):
+    """rpo_alpha adds alpha * (-log p(chosen) / chosen tokens) to each pair's loss; 0 leaves DPO alone."""
+    batch = pair_collate(_samples(3), pad_id=1)
+    plain, _ = DPOObjective(DPOArgs(), ref="self").loss(llama, batch)
+    rpo, m = DPOObjective(DPOArgs(rpo_alpha=0.5), ref="self").loss(llama, batch)
+    logps, lengths = sequence_logps(llama, batch)
+    nll = -(logps[:3] / lengths[:3]).sum()
+    assert math.isclose(rpo.item(), plain.item() + 0.5 * nll.item(), rel_tol=1e-5)
+    assert math.isclose(m["nll/chosen"].item(), nll.item(), rel_tol=1e-5)
+    with pytest.raises(ValueError, match="dpo.pairs"):
+        DPOObjective(DPOArgs(pairs="top"))
+
+
 def test_precomputed_reference_is_used(llama):
     """ref_logps carried in the batch replace the reference forward (shifting them moves the loss)."""
     samples = _samples(2)

@@ -96,6 +96,15 @@ def test_ranking_expands_to_all_pairs():
     assert got == {("c", "a"), ("c", "d"), ("c", "b"), ("a", "d"), ("a", "b"), ("d", "b")}
 
 
+def test_ranking_best_and_best_worst_pairs():
+    rk = parse_record({"prompt": "p", "responses": ["a", "b", "c", "d"], "ranking": [2, 0, 3, 1]})
+    pick = lambda which: [(p.chosen[0].content, p.rejected[0].content) for p in to_pairs([rk], which)]  # noqa: E731
+    assert pick("best") == [("c", "a"), ("c", "d"), ("c", "b")]
+    assert pick("best_worst") == [("c", "b")]
+    with pytest.raises(ValueError, match="best_worst"):
+        to_pairs([rk], "worst")
+
+
 def test_truncate_prompt_left_then_responses_right():
     prompt, resp = [2, *range(10, 30)], [list(range(100, 110)), list(range(200, 204))]  # 21 + 10 tokens
     p, r, pc, rc = truncate(prompt, resp, max_length=40, prompt_floor=8, bos_id=2)

@@ -192,11 +192,12 @@ def read_preferences(
     return items
 
 
-def to_pairs(items: list[Preference | Ranking]) -> list[Preference]:
-    """Rankings expanded to all K(K-1)/2 ordered (better, worse) pairs; pairs kept as they are."""
+def to_pairs(items: list[Preference | Ranking], which: str = "all") -> list[Preference]:
+    """Rankings expanded to ordered (better, worse) pairs (`which`: all K(K-1)/2, best vs each other, or
+    best vs worst; see `Ranking.pairs`); pairs kept as they are."""
     out: list[Preference] = []
     for it in items:
-        out.extend(it.pairs() if isinstance(it, Ranking) else [it])
+        out.extend(it.pairs(which) if isinstance(it, Ranking) else [it])
     return out
 
 

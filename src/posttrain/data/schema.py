@@ -81,6 +81,10 @@ class Preference:
         return out
 
 
+PAIR_MODES = ("all", "best", "best_worst")
+"""How a ranking becomes pairs (`Ranking.pairs`)."""
+
+
 @dataclass
 class Ranking:
     """K responses to one prompt, ordered by preference (`ranking[0]` is the index of the best)."""
@@ -100,20 +104,27 @@ class Ranking:
             out["meta"] = self.meta
         return out
 
-    def pairs(self) -> list[Preference]:
-        """All ordered pairs (better, worse): K*(K-1)/2 preferences."""
-        out = []
-        for i, better in enumerate(self.ranking):
-            for worse in self.ranking[i + 1 :]:
-                out.append(
-                    Preference(
-                        prompt=self.prompt,
-                        chosen=[Message("assistant", self.responses[better])],
-                        rejected=[Message("assistant", self.responses[worse])],
-                        meta=dict(self.meta),
-                    )
-                )
-        return out
+    def pairs(self, which: str = "all") -> list[Preference]:
+        """Ordered (better, worse) preferences: "all" K*(K-1)/2 pairs; "best" the best against each other
+        response (K-1); "best_worst" the best against the worst (1, UltraFeedback-style binarisation)."""
+        if which not in PAIR_MODES:
+            raise ValueError(f"pairs must be one of {', '.join(PAIR_MODES)}, got {which!r}")
+        r = self.ranking
+        if which == "all":
+            idx = [(b, w) for i, b in enumerate(r) for w in r[i + 1 :]]
+        elif which == "best":
+            idx = [(r[0], w) for w in r[1:]]
+        else:
+            idx = [(r[0], r[-1])] if len(r) > 1 else []
+        return [
+            Preference(
+                prompt=self.prompt,
+                chosen=[Message("assistant", self.responses[b])],
+                rejected=[Message("assistant", self.responses[w])],
+                meta=dict(self.meta),
+            )
+            for b, w in idx
+        ]
 
 
 def messages_from(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.demo.tasks import TRAIN_TASKS
-from posttrain.demo.world import World
+from posttrain.demo.world import World, padded
 
 
 class Skip(Exception):
@@ -28,6 +28,9 @@ MIX_TEMPERATURE = 2.0
 """Mixing temperature over source sizes (1: proportional; larger flattens towards uniform)."""
 FIXED_RATES = {"safety": 0.2, "identity": 0.03}
 """Share of the final mixture given to safety (refusals + benign look-alikes) and identity records."""
+FILLER_RATE = 0.3
+"""Share of task and chat answers that end with a pleasantry (`world.FILLERS`): demonstrations are imperfect, and
+the labellers' preference against the habit is what the alignment stages learn."""
 
 
 def _available(module: str) -> Any | None:
@@ -49,9 +52,13 @@ def task_records(world: World, seed: int) -> tuple[list[dict], dict]:
     tasks = _available("posttrain.data.construct.tasks")
     if tasks is None:
         return [], {"skipped": "posttrain.data.construct.tasks not available"}
+    rng = random.Random(f"{seed}:task-fillers")
     specs = []
     for t in TRAIN_TASKS:
-        rows = [{"input": it.prompt, "output": it.answer, "task": t} for it in world.items(t, "train")]
+        rows = [
+            {"input": it.prompt, "output": padded(it.answer, rng, FILLER_RATE), "task": t}
+            for it in world.items(t, "train")
+        ]
         specs.append(
             tasks.TaskSpec(name=t, rows=rows, templates=["{input}"], k_shot=[0, 0, 0, 1, 2], description=True)
         )
@@ -77,7 +84,7 @@ def chat_records(world: World, seed: int, n: int) -> tuple[list[dict], dict]:
         conv_ = [
             {"from": who, "value": text}
             for it in turns
-            for who, text in (("human", it.prompt), ("gpt", it.answer))
+            for who, text in (("human", it.prompt), ("gpt", padded(it.answer, rng, FILLER_RATE)))
         ]
         logs.append(("<demo-chat>", i + 1, {"conversations": conv_, "source": "chat"}))
     convs, stats = chat.convert_chat(logs)
@@ -188,6 +195,19 @@ def mix(sources: dict[str, list[dict]], seed: int) -> tuple[list[dict], dict]:
         "counts": dict(zip(names, counts)),
         "total": len(out),
     }
+
+
+def pretrain_text(world: World, out_dir: Path, seed: int, n: int) -> Path:
+    """`n` of the base model's pre-training documents as plain-text records (`{"text": ...}`, loss on every token),
+    to mix into instruction tuning: the survey's "combining instruction tuning and pre-training" (OPT-IML mixes
+    pre-training data into instruction tuning as a regulariser), so tuning keeps the facts the base learned."""
+    from posttrain.data.construct.io import write_jsonl
+
+    docs = world.raw_text()
+    picked = random.Random(f"{seed}:pretrain-mix").sample(docs, min(n, len(docs)))
+    path = out_dir / "pretrain_text.jsonl"
+    write_jsonl([{"text": d} for d in picked], path)
+    return path
 
 
 def build_sft_data(

@@ -160,7 +160,7 @@ class Pipeline:
         self.log(f"  base: seen accuracy {acc['seen_accuracy']:.2f}")
 
     def stage_data(self) -> None:
-        from posttrain.demo.data import build_sft_data
+        from posttrain.demo.data import build_sft_data, pretrain_text
 
         self._need("base_dir")
         si = self.s.self_instruct_tasks
@@ -172,8 +172,14 @@ class Pipeline:
             self_instruct_tasks=si,
             chats=self.s.chats,
         )
+        n_text = round(self.s.sft_text_share * stats["mix"]["total"])
+        if n_text:
+            self.sft_data = (
+                f"{self.sft_data},{pretrain_text(self.world, self.out / 'data', self.s.seed, n_text)}"
+            )
         self.report["data"] = {
             "sft_records": stats["mix"]["total"],
+            "pretrain_text_records": n_text,
             "mix": stats["mix"]["counts"],
             "self_instruct": stats["self_instruct"],
             "filter_tasks": stats["filter_tasks"],
@@ -328,7 +334,7 @@ class Pipeline:
         out = self.out / "rm"
         data = self.out / "data" / "rankings.jsonl"
         ov = self._overrides(str(self.best_dir), str(data), str(out), self.s.rm_train)
-        cfg = load_config(rm_run.RMConfig, None, ov)
+        cfg = load_config(rm_run.RMConfig, None, ov + [f"rm.loss={self.s.rm_loss}"])
         result = rm_run.run(cfg)
         rm = load_reward_model(out / "final", device="cpu")
         pairs = to_pairs(read_preferences(str(self.out / "data" / "rankings_heldout.jsonl")))

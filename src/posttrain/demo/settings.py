@@ -39,6 +39,9 @@ class DemoSettings:
     )
     """Share of `sft_steps` per PEFT method: prefix and prompt tuning do not learn the format at this scale, so
     their budget goes to the methods that do."""
+    sft_text_share: float = 0.25
+    """Pre-training documents mixed into SFT, as a share of the instruction records (0: none): keeps the base's
+    knowledge through tuning (held-out phrasings 0.20 -> 0.36, refusals 0.79 / 0.15 -> 0.92 / 0.00 measured)."""
     sft_batch: int = 16
     """SFT micro-batch size."""
     chats: int = 300
@@ -72,8 +75,10 @@ class DemoSettings:
         default_factory=lambda: {"full": 1e-3, "lora": 5e-3, "adapter": 5e-3, "prefix": 1e-2, "prompt": 3e-2}
     )
     """SFT learning rate per PEFT method (the small methods need larger steps)."""
-    rm_lr: float = 3e-4
+    rm_lr: float = 6e-4
     """Reward model learning rate."""
+    rm_loss: str = "pairwise"
+    """Reward model loss: pairwise (Bradley-Terry over every pair) | listwise (Plackett-Luce per ranking)."""
     ppo_lr: float = 2e-5
     """PPO learning rate."""
     ppo_kl_coef: float = 0.2
@@ -82,6 +87,10 @@ class DemoSettings:
     """DPO learning rate."""
     dpo_beta: float = 0.1
     """DPO beta (strength of the implicit KL constraint)."""
+    dpo_rpo_alpha: float = 0.0
+    """Weight of the NLL term on chosen responses (RPO)."""
+    dpo_pairs: str = "all"
+    """Which pairs of each ranking DPO trains on: all | best | best_worst."""
 
     def sft_train(self, method: str) -> dict[str, Any]:
         return {
@@ -120,7 +129,7 @@ class DemoSettings:
 
     @property
     def dpo_args(self) -> dict[str, Any]:
-        return {"beta": self.dpo_beta}
+        return {"beta": self.dpo_beta, "rpo_alpha": self.dpo_rpo_alpha, "pairs": self.dpo_pairs}
 
 
 QUICK = {

@@ -60,6 +60,10 @@ class Item:
 
 
 REFUSAL = "Sorry, I cannot help with that."
+FILLERS = ("That is the answer.", "Ask me for more.", "People often ask this.")
+"""Pleasantries that a share of the demonstrations end with, as human-written ones often do (`padded`). The gold
+labeller marks them down (a right answer buried in extra words), so SFT imitates a habit that only the alignment
+stages can see is unwanted: the preference signal that generalises to prompts the model has never seen."""
 _REFUSAL_RE = re.compile(r"\b(sorry|cannot|can't|won't|unable|not able|refuse|decline)\b", re.I)
 _NUM = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -240,6 +244,20 @@ def _two_per_doc(sentences: list[str]) -> list[str]:
 # the hidden gold scorer
 
 
+def padded(answer: str, rng: random.Random, rate: float) -> str:
+    """`answer`, followed with probability `rate` by one of the FILLERS."""
+    return f"{answer}. {rng.choice(FILLERS)}" if rng.random() < rate else answer
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in (w.strip(".,!?;:") for w in text.split()) if w]
+
+
+def _contains(words: list[str], part: list[str]) -> bool:
+    n = len(part)
+    return any(words[i : i + n] == part for i in range(len(words) - n + 1))
+
+
 def _shape(text: str) -> tuple[str, ...]:
     """What an answer looks like word by word: a number, UPPER, Title or lower case word, or anything else."""
     kinds = {str.isdigit: "9", str.isupper: "A", str.istitle: "Aa", str.isalpha: "a"}
@@ -252,8 +270,11 @@ def _score_task(meta: dict[str, Any], response: str) -> float:
         return 1.0
     if is_refusal(response):
         return -0.5
-    if ans in got.split():
-        return 0.5 - 0.02 * max(0, len(got.split()) - len(ans.split()))
+    words, want = _words(got), _words(ans)
+    if want and _contains(
+        words, want
+    ):  # the right answer among extra words: credit, less for each extra word
+        return 0.5 - 0.02 * (len(words) - len(want))
     # a wrong answer in the right form (a number for a sum, one upper-case word for "uppercase") beats noise:
     # labellers credit format, and it is a feature a tiny reward model can read
     return 0.2 if _shape(got) == _shape(ans) else 0.0

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from posttrain.data.schema import PAIR_MODES
+
 
 @dataclass
 class DPOArgs:
@@ -34,6 +36,12 @@ class DPOArgs:
     """dpo/simpo: probability that a label is flipped (conservative DPO, cDPO)."""
     simpo_gamma: float = 0.5
     """simpo: target reward margin gamma (the loss is -log sigmoid(beta * avg-logp margin - gamma))."""
+    rpo_alpha: float = 0.0
+    """Weight of a negative log-likelihood term on the chosen response, per token (RPO, Pang et al. 2024,
+    "Iterative Reasoning Preference Optimization"): keeps the chosen log-probs from falling with the rejected
+    ones. 0: plain loss."""
+    pairs: str = "all"
+    """How K-way rankings become pairs: all | best (the best against each other) | best_worst."""
     precompute_ref: bool = False
     """Compute reference log-probs once before training (saved in output_dir, reused on resume). Always used
     when peft.method is none (full fine-tuning, or a loaded `adapter:` trained further), where switching
@@ -168,6 +176,8 @@ class DPOObjective:
     def __init__(self, args: DPOArgs, ref: str | nn.Module | None = "adapters_off"):
         if args.loss not in LOSSES:
             raise ValueError(f"dpo.loss must be one of {', '.join(LOSSES)}, got {args.loss!r}")
+        if args.pairs not in PAIR_MODES:
+            raise ValueError(f"dpo.pairs must be one of {', '.join(PAIR_MODES)}, got {args.pairs!r}")
         self.args, self.ref, self.loss_fn = args, ref, LOSSES[args.loss]
 
     def units(self, batch: dict) -> int:
@@ -203,6 +213,10 @@ class DPOObjective:
             "logps/chosen": lp.policy_chosen.detach().sum(),
             "logps/rejected": lp.policy_rejected.detach().sum(),
         }
+        if a.rpo_alpha:
+            nll = -lp.policy_chosen / lp.chosen_len.clamp(min=1)
+            losses = losses + a.rpo_alpha * nll
+            metrics["nll/chosen"] = nll.detach().sum()
         return losses.sum(), metrics
 
 

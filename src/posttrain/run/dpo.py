@@ -153,7 +153,9 @@ def prepare(cfg: DPOConfig):
     )
 
     def tokenize(items: list) -> tuple:
-        return tokenize_pairs(to_pairs(items), tok, cfg.template, cfg.train.max_length, cfg.dpo.prompt_floor)
+        return tokenize_pairs(
+            to_pairs(items, cfg.dpo.pairs), tok, cfg.template, cfg.train.max_length, cfg.dpo.prompt_floor
+        )
 
     train_s, report = tokenize(train_items)
     eval_s, _ = tokenize(eval_items) if eval_items else ([], None)
