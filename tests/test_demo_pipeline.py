@@ -1,5 +1,7 @@
 """Demo pipeline plumbing: missing modules are skipped, failures are reported, dependent stages skip."""
 
+import pytest
+
 from posttrain.demo.pipeline import Pipeline, _runner
 from posttrain.demo.settings import settings
 
@@ -29,3 +31,9 @@ def test_settings_overrides_and_quick_preset():
     )
     assert quick.sft_train("lora")["lr"] == 0.1 and quick.sft_train("lora")["max_steps"] == 7
     assert "peft.method=none" in quick.peft_overrides("full")
+
+
+def test_output_directory_with_a_comma_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="comma"):
+        Pipeline(tmp_path / "a,b", settings(quick=True))
+    assert not (tmp_path / "a,b").exists()

@@ -52,6 +52,8 @@ def _runner(module: str):
 
 class Pipeline:
     def __init__(self, out: Path, settings: DemoSettings, log: Callable[[str], None] = print):
+        if "," in str(out):  # data sources are passed to the runners as one comma-separated string
+            raise ValueError(f"demo output directory must not contain a comma: {out}")
         self.out, self.s, self.log = Path(out), settings, log
         self.world = World(settings.world)
         self.sets = self.world.eval_sets(settings.eval_per_task)
