@@ -204,3 +204,18 @@ def test_pretrain_text_mixes_into_sft_as_plain_text_records(world, tmp_path):
     assert len(plain) == 50 and len(convs) > 50
     raw = set(world.raw_text())
     assert all(c.messages[0].content in raw for c in plain)  # pre-training documents, never instructions
+
+
+def test_gold_ranking_orders_best_first_without_ties(world):
+    from posttrain.demo.world import gold_ranking
+
+    it = world.item("add", {"a": 2, "b": 5}, 1, "heldout")
+    rec = gold_ranking(it, ["8", "7", "7. That is the answer.", "7", "banana"])
+    assert rec["responses"] == ["7", "7. That is the answer.", "8", "banana"]
+    assert rec["meta"]["scores"] == sorted(rec["meta"]["scores"], reverse=True) and rec["ranking"] == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    assert gold_ranking(it, ["7", "7."]) is None  # one distinct score: nothing to compare

@@ -26,7 +26,7 @@ from posttrain.demo.evaluate import Evaluator
 from posttrain.demo.measure import Measure
 from posttrain.demo.settings import PEFT_METHODS, DemoSettings
 from posttrain.demo.tasks import TRAIN_TASKS
-from posttrain.demo.world import World, gold_reward
+from posttrain.demo.world import World, gold_ranking
 
 
 class Skip(Exception):
@@ -304,23 +304,8 @@ class Pipeline:
                 )
                 for j in range(self.s.rank_k)
             ]
-            recs = []
-            for i, it in enumerate(items):
-                texts = [ro.texts[i] for ro in per]
-                by_score: dict[float, str] = {}
-                for t in texts:  # one response per distinct score, so the ranking has no ties
-                    by_score.setdefault(round(gold_reward(it.meta, t), 4), t)
-                if len(by_score) < 2:
-                    continue
-                order = sorted(by_score, reverse=True)
-                recs.append(
-                    {
-                        "prompt": [{"role": "user", "content": it.prompt}],
-                        "responses": [by_score[s] for s in order],
-                        "ranking": list(range(len(order))),
-                        "meta": {"scores": order, **it.meta},
-                    }
-                )
+            recs = [gold_ranking(it, [ro.texts[i] for ro in per]) for i, it in enumerate(items)]
+            recs = [r for r in recs if r is not None]
             _write_jsonl(recs, self.out / "data" / f"{name}.jsonl")
             self.report.setdefault("rank", {})[f"{name}_records"] = len(recs)
             self.report["rank"][f"{name}_prompts"] = len(items)

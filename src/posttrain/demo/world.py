@@ -271,9 +271,8 @@ def _score_task(meta: dict[str, Any], response: str) -> float:
     if is_refusal(response):
         return -0.5
     words, want = _words(got), _words(ans)
-    if want and _contains(
-        words, want
-    ):  # the right answer among extra words: credit, less for each extra word
+    # the right answer among extra words: credit, less for each extra word
+    if want and _contains(words, want):
         return 0.5 - 0.02 * (len(words) - len(want))
     # a wrong answer in the right form (a number for a sum, one upper-case word for "uppercase") beats noise:
     # labellers credit format, and it is a feature a tiny reward model can read
@@ -307,6 +306,23 @@ def gold_reward(prompt_meta: dict[str, Any], response: str) -> float:
     """Hidden labeller's score in [-1, 1]: correct, appropriately refusing and brief responses score highest."""
     score = SCORERS[prompt_meta["kind"]](prompt_meta, response)
     return score - 0.01 * max(0, len(response.split()) - 16)  # rambling costs a little everywhere
+
+
+def gold_ranking(item: Item, texts: list[str]) -> dict[str, Any] | None:
+    """The labellers' K-way ranking of `texts` for `item`, best first, as a ranking record: one response per distinct
+    gold score (no ties); None when all score the same (nothing to compare)."""
+    by_score: dict[float, str] = {}
+    for t in texts:
+        by_score.setdefault(round(gold_reward(item.meta, t), 4), t)
+    if len(by_score) < 2:
+        return None
+    order = sorted(by_score, reverse=True)
+    return {
+        "prompt": [{"role": "user", "content": item.prompt}],
+        "responses": [by_score[s] for s in order],
+        "ranking": list(range(len(order))),
+        "meta": {"scores": order, **item.meta},
+    }
 
 
 def is_correct(meta: dict[str, Any], response: str) -> bool:
