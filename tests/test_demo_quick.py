@@ -65,3 +65,8 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
     ):
         assert (out / name).exists(), name
     assert len(report["targets"]) == 7
+    # the reward model carries the demo's likelihood term, and PPO scored with it (labels reached the score)
+    from posttrain.demo.settings import DemoSettings
+
+    rm_meta = json.loads((out / "rm" / "final" / "reward_config.json").read_text())
+    assert rm_meta["likelihood_coef"] == DemoSettings().rm_likelihood_coef > 0

@@ -96,6 +96,19 @@ def test_pairwise_objective_and_gradients(llama):
     assert rm.score_head.weight.grad is not None and rm.score_head.weight.grad.abs().sum() > 0
 
 
+def test_settled_pairs_give_exact_zero_gradients(llama):
+    """A pair separated by ~95 gets sigmoid(-95) ~ 5e-42, a denormal float that makes CPU matmuls crawl; the
+    score's gradient hook turns it into an exact zero. A normal margin still trains."""
+    rm = RewardModel(llama)
+    b = pad_rows(_rows([5, 6]), [[], []], pad_id=1)
+    b.update(num_pairs=1)
+    for margin, moves in ((-95.0, False), (-5.0, True)):
+        rm.zero_grad()
+        loss, _ = PairwiseRewardObjective().loss(rm, {**b, "margin": torch.tensor([margin])})
+        loss.backward()
+        assert (rm.score_head.weight.grad.abs().max() > 0) == moves, margin
+
+
 def test_listwise_objective_matches_plackett_luce(llama):
     rm = RewardModel(llama).eval()
     b = pad_rows(_rows([4, 5, 6, 7, 8]), [[]] * 5, pad_id=1)

@@ -321,7 +321,11 @@ class Pipeline:
         out = self.out / "rm"
         data = self.out / "data" / "rankings.jsonl"
         ov = self._overrides(str(self.best_dir), str(data), str(out), self.s.rm_train)
-        cfg = load_config(rm_run.RMConfig, None, ov + [f"rm.loss={self.s.rm_loss}"])
+        cfg = load_config(
+            rm_run.RMConfig,
+            None,
+            ov + [f"rm.loss={self.s.rm_loss}", f"rm.likelihood_coef={self.s.rm_likelihood_coef}"],
+        )
         result = rm_run.run(cfg)
         rm = load_reward_model(out / "final", device="cpu")
         pairs = to_pairs(read_preferences(str(self.out / "data" / "rankings_heldout.jsonl")))

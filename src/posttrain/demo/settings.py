@@ -75,8 +75,12 @@ class DemoSettings:
         default_factory=lambda: {"full": 1e-3, "lora": 5e-3, "adapter": 5e-3, "prefix": 1e-2, "prompt": 3e-2}
     )
     """SFT learning rate per PEFT method (the small methods need larger steps)."""
-    rm_lr: float = 6e-4
+    rm_lr: float = 1e-4
     """Reward model learning rate."""
+    rm_likelihood_coef: float = 0.3
+    """c in reward = head(h_last) + c * log p(response | prompt) under the reward model's LM head. The head alone
+    learns style from the rankings; the LM head already knows which answer is right (docs/demo.md). Larger c
+    spreads rewards over tens of nats and PPO gains less."""
     rm_loss: str = "pairwise"
     """Reward model loss: pairwise (Bradley-Terry over every pair) | listwise (Plackett-Luce per ranking)."""
     ppo_lr: float = 2e-5

@@ -86,7 +86,7 @@ def prepare(cfg: RMConfig):
         raise ValueError(f"rm.loss must be one of {', '.join(OBJECTIVES)}, got {cfg.rm.loss!r}")
     distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
     lm, tok = setup_model(cfg)
-    rm = RewardModel(lm, cfg.rm.head_init_std)
+    rm = RewardModel(lm, cfg.rm.head_init_std, cfg.rm.likelihood_coef)
     train_items, eval_items = read_splits(
         cfg.data, cfg.data_format, cfg.system_prompt, cfg.eval_data, cfg.eval_fraction, cfg.train.seed
     )
