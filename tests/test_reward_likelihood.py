@@ -121,3 +121,18 @@ def test_rm_command_with_likelihood_learns_preference(tmp_path):
         rm.tokenizer, ["Say hello 99"] * 2, ["quick brown fox", "lazy cat"], rm.template
     )
     assert good > bad
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "prompt"])
+def test_likelihood_score_under_every_peft_method(method):
+    """Virtual tokens (prefix, prompt) and adapters must not shift which hidden state predicts which response
+    token: left and right padding agree."""
+    from posttrain.models import tiny_model
+    from posttrain.peft import PeftConfig, apply_peft
+
+    rm = RewardModel(apply_peft(tiny_model("llama"), PeftConfig(method=method)), likelihood_coef=1.0).eval()
+    prompts, responses = [[5, 6, 7], [5, 6]], [[8, 9], [10, 11, 12]]
+    left, right = (pad_rows(prompts, responses, pad_id=1, side=side) for side in ("left", "right"))
+    a = rm.score(left["input_ids"], left["attention_mask"], left["labels"])
+    b = rm.score(right["input_ids"], right["attention_mask"], right["labels"])
+    assert torch.allclose(a, b, atol=1e-4) and (a < 0).all()
