@@ -27,3 +27,11 @@ def write_prefs(path, n, seed=0):
             }
             f.write(json.dumps(rec) + "\n")
     return str(path)
+
+
+def token_rows(lengths, seed=0):
+    """Random token-id rows of the given lengths (ids 4..499, clear of the tiny tokenizers' specials)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, 500, (n,), generator=g).tolist() for n in lengths]

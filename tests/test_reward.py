@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from helpers import base_dir, write_prefs
+from helpers import base_dir, token_rows, write_prefs
 from posttrain.data.preference import pad_rows
 from posttrain.objectives.reward import (
     ListwiseRewardObjective,
@@ -46,15 +46,10 @@ def test_last_token_index_from_mask():
     assert last_token_index(mask).tolist() == [2, 4, 4]
 
 
-def _rows(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(4, 500, (n,), generator=g).tolist() for n in lengths]
-
-
 def test_score_invariant_to_padding_side_and_companions(llama):
     torch.manual_seed(0)
     rm = RewardModel(llama).eval()
-    rows = _rows([7, 12, 3, 9])
+    rows = token_rows([7, 12, 3, 9])
     empty = [[] for _ in rows]
     alone = torch.stack(
         [rm.score(torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))[0] for r in rows]
@@ -63,7 +58,7 @@ def test_score_invariant_to_padding_side_and_companions(llama):
         b = pad_rows(rows, empty, pad_id=1, side=side)
         assert torch.allclose(rm.score(b["input_ids"], b["attention_mask"]), alone, atol=1e-5), side
     # different companions (a much longer one) and a different order change nothing
-    b = pad_rows([rows[2], _rows([40], seed=1)[0], rows[0]], [[], [], []], pad_id=1, side="left")
+    b = pad_rows([rows[2], token_rows([40], seed=1)[0], rows[0]], [[], [], []], pad_id=1, side="left")
     got = rm.score(b["input_ids"], b["attention_mask"])
     assert torch.allclose(got[[0, 2]], alone[[2, 0]], atol=1e-5)
     # the score really depends on the last real token (guards against reading a pad position)
@@ -84,7 +79,7 @@ def test_score_ignores_pad_token_identity(llama):
 
 def test_pairwise_objective_and_gradients(llama):
     rm = RewardModel(llama)
-    b = pad_rows(_rows([5, 6, 7, 8]), [[], [], [], []], pad_id=1)
+    b = pad_rows(token_rows([5, 6, 7, 8]), [[], [], [], []], pad_id=1)
     b.update(margin=torch.zeros(2), num_pairs=2)
     obj = PairwiseRewardObjective()
     loss, metrics = obj.loss(rm, b)
@@ -100,7 +95,7 @@ def test_settled_pairs_give_exact_zero_gradients(llama):
     """A pair separated by ~95 gets sigmoid(-95) ~ 5e-42, a denormal float that makes CPU matmuls crawl; the
     score's gradient hook turns it into an exact zero. A normal margin still trains."""
     rm = RewardModel(llama)
-    b = pad_rows(_rows([5, 6]), [[], []], pad_id=1)
+    b = pad_rows(token_rows([5, 6]), [[], []], pad_id=1)
     b.update(num_pairs=1)
     for margin, moves in ((-95.0, False), (-5.0, True)):
         rm.zero_grad()
@@ -111,7 +106,7 @@ def test_settled_pairs_give_exact_zero_gradients(llama):
 
 def test_listwise_objective_matches_plackett_luce(llama):
     rm = RewardModel(llama).eval()
-    b = pad_rows(_rows([4, 5, 6, 7, 8]), [[]] * 5, pad_id=1)
+    b = pad_rows(token_rows([4, 5, 6, 7, 8]), [[]] * 5, pad_id=1)
     b.update(group_sizes=[3, 2], num_rankings=2)
     loss, _ = ListwiseRewardObjective().loss(rm, b)
     s = rm(b["input_ids"], b["attention_mask"]).detach()
@@ -124,7 +119,7 @@ def test_reward_model_other_archs(arch):
     from posttrain.models import tiny_model
 
     rm = RewardModel(tiny_model(arch)).eval()
-    rows = _rows([4, 9])
+    rows = token_rows([4, 9])
     b = pad_rows(rows, [[], []], pad_id=1, side="left")
     alone = rm.score(torch.tensor([rows[0]]), torch.ones(1, 4, dtype=torch.long))
     assert torch.allclose(rm.score(b["input_ids"], b["attention_mask"])[0], alone[0], atol=1e-5)
@@ -211,7 +206,7 @@ def test_score_invariance_under_every_peft_method(llama, method):
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     rm = RewardModel(model).eval()
-    rows = _rows([6, 11, 3])
+    rows = token_rows([6, 11, 3])
     alone = torch.stack(
         [rm.score(torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))[0] for r in rows]
     )

@@ -7,14 +7,9 @@ import json
 import pytest
 import torch
 
-from helpers import base_dir, write_prefs
+from helpers import base_dir, token_rows, write_prefs
 from posttrain.data.preference import pad_rows
 from posttrain.objectives.reward import PairwiseRewardObjective, RewardModel
-
-
-def _rows(lengths, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(4, 500, (n,), generator=g).tolist() for n in lengths]
 
 
 def _logprob_alone(lm, prompt, response):
@@ -30,7 +25,7 @@ def test_score_is_head_plus_response_logprob(llama):
     plain = RewardModel(llama).eval()
     rm = RewardModel(llama, likelihood_coef=0.5).eval()
     rm.score_head.load_state_dict(plain.score_head.state_dict())
-    prompts, responses = _rows([4, 9, 2], seed=1), _rows([3, 1, 6], seed=2)
+    prompts, responses = token_rows([4, 9, 2], seed=1), token_rows([3, 1, 6], seed=2)
     want = torch.stack(
         [
             plain.score(torch.tensor([p + r]), torch.ones(1, len(p + r), dtype=torch.long))[0]
@@ -53,7 +48,7 @@ def test_score_is_head_plus_response_logprob(llama):
 
 def test_score_without_labels_is_an_error(llama):
     rm = RewardModel(llama, likelihood_coef=1.0)
-    b = pad_rows(_rows([3], seed=0), _rows([2], seed=1), pad_id=1)
+    b = pad_rows(token_rows([3], seed=0), token_rows([2], seed=1), pad_id=1)
     with pytest.raises(ValueError, match="pass labels"):
         rm.score(b["input_ids"], b["attention_mask"])
     assert RewardModel(llama).score(b["input_ids"], b["attention_mask"]).shape == (
@@ -63,7 +58,7 @@ def test_score_without_labels_is_an_error(llama):
 
 def test_pairwise_loss_trains_the_lm_head(llama):
     rm = RewardModel(llama, likelihood_coef=1.0)
-    b = pad_rows(_rows([3, 4, 3, 4], seed=0), _rows([2, 3, 4, 2], seed=1), pad_id=1)
+    b = pad_rows(token_rows([3, 4, 3, 4], seed=0), token_rows([2, 3, 4, 2], seed=1), pad_id=1)
     b.update(margin=torch.zeros(2), num_pairs=2)
     loss, _ = PairwiseRewardObjective().loss(rm, b)
     loss.backward()
@@ -136,3 +131,11 @@ def test_likelihood_score_under_every_peft_method(method):
     a = rm.score(left["input_ids"], left["attention_mask"], left["labels"])
     b = rm.score(right["input_ids"], right["attention_mask"], right["labels"])
     assert torch.allclose(a, b, atol=1e-4) and (a < 0).all()
+
+
+def test_models_that_post_process_logits_are_refused(llama):
+    """Soft-capped or scaled logits (Gemma 2, Cohere, Granite) are not lm_head(hidden): refuse, don't mis-score."""
+    llama.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        RewardModel(llama, likelihood_coef=1.0)
+    RewardModel(llama)  # the plain head does not care

@@ -110,20 +110,29 @@ def _drop_denormals(grad: torch.Tensor) -> torch.Tensor:
     return grad.masked_fill(grad.abs() < 1e-30, 0.0)
 
 
+def _check_plain_logits(lm: nn.Module) -> None:
+    """The likelihood term applies the LM head to hidden states itself, so logits must be exactly `head(h)`."""
+    from posttrain.objectives.sft import LOGIT_POSTPROCESSING
+
+    cfg = lm.config.get_text_config()
+    changed = [f for f in LOGIT_POSTPROCESSING if getattr(cfg, f, None) not in (None, 1.0)]
+    if changed:
+        raise ValueError(
+            f"rm.likelihood_coef needs logits = lm_head(hidden), but {type(lm).__name__} post-processes them "
+            f"({', '.join(changed)}); use likelihood_coef=0 with this model"
+        )
+
+
 def response_logprob(lm: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum over each row's labelled tokens of log p(token | everything before it). hidden: (B, T, H) final
     hidden states; labels: (B, T) token ids where scored, -100 elsewhere -> (B,) fp32. Only the labelled
     positions go through the LM head."""
-    target = labels[:, 1:]
-    keep = target != -100
+    from posttrain.objectives.sft import IGNORE, shifted_targets
+
+    target = shifted_targets(labels)
+    keep = target != IGNORE
     rows = keep.nonzero()[:, 0]  # (N,)
     logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
-    cfg = lm.config.get_text_config()
-    if getattr(cfg, "logit_scale", None):  # Cohere
-        logits = logits * cfg.logit_scale
-    if getattr(cfg, "final_logit_softcapping", None):  # Gemma 2
-        cap = cfg.final_logit_softcapping
-        logits = torch.tanh(logits / cap) * cap
     lp = logits.log_softmax(-1).gather(-1, target[keep][:, None]).squeeze(-1)  # (N,)
     return torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, lp)
 
@@ -136,6 +145,8 @@ class RewardModel(nn.Module):
         super().__init__()
         self.lm = lm  # kept whole so adapters save and load the usual way; only the trunk runs
         self.likelihood_coef = likelihood_coef
+        if likelihood_coef:
+            _check_plain_logits(lm)
         hidden = lm.config.get_text_config().hidden_size
         self.score_head = nn.Linear(hidden, 1)
         std = head_init_std or 1.0 / (hidden + 1) ** 0.5
