@@ -35,3 +35,8 @@ def token_rows(lengths, seed=0):
 
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(4, 500, (n,), generator=g).tolist() for n in lengths]
+
+
+def length_reward(prompts, responses, **meta):
+    """A programmatic PPO reward (`ppo.reward=helpers:length_reward`): longer responses score higher."""
+    return [len(r) / 10 for r in responses]

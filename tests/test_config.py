@@ -76,3 +76,58 @@ def test_round_trip():
     cfg = load_config(SFTConfig, None, ["train.betas=[0.9, 0.95]", "eval_fraction=0.1"])
     again = from_dict(SFTConfig, to_dict(cfg))
     assert again == cfg and again.train.betas == (0.9, 0.95)
+
+
+BAD_CHOICES = [
+    ("posttrain.run.dpo", "dpo.loss=kto", "dpo.loss: 'kto' is not one of dpo | ipo | simpo"),
+    (
+        "posttrain.run.sft",
+        "train.truncation=foo",
+        "train.truncation: 'foo' is not one of right | left | drop",
+    ),
+    ("posttrain.run.sft", "train.strategy=deepspeed", "train.strategy: 'deepspeed' is not one of auto | ddp"),
+    ("posttrain.run.sft", "train.schedule=cosinee", "did you mean 'cosine'?"),
+    ("posttrain.run.rm", "rm.loss=listwsie", "did you mean 'listwise'?"),
+    (
+        "posttrain.run.ppo",
+        "ppo.value_head=critic",
+        "ppo.value_head: 'critic' is not one of shared | separate",
+    ),
+    ("posttrain.run.sft", "peft.adapter.kind=lora", "peft.adapter.kind: 'lora' is not one of houlsby"),
+]
+
+
+@pytest.mark.parametrize("module,override,message", BAD_CHOICES)
+def test_a_bad_choice_is_a_usage_error_before_anything_loads(capsys, module, override, message):
+    """Exit 2 with one line naming the key and the valid values, before the (here nonexistent) model loads."""
+    import importlib
+
+    code = importlib.import_module(module).main(["model=/nonexistent", "data=/nonexistent.jsonl", override])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_every_choice_has_an_implementation():
+    """The Literal values a config accepts are exactly the keys of the tables the code looks them up in."""
+    import typing
+
+    from posttrain.data.collate import TRUNCATION
+    from posttrain.objectives.dpo import LOSSES, DPOArgs
+    from posttrain.objectives.reward import OBJECTIVES, RMArgs
+    from posttrain.peft.adapter import ACTIVATIONS, PLACEMENTS
+    from posttrain.peft.api import INJECTORS
+    from posttrain.peft.config import AdapterConfig, PeftConfig
+    from posttrain.train.distributed import STRATEGIES
+    from posttrain.train.optim import SCHEDULES
+
+    def choices(cls, name):
+        return set(typing.get_args(typing.get_type_hints(cls)[name]))
+
+    assert choices(DPOArgs, "loss") == set(LOSSES)
+    assert choices(RMArgs, "loss") == set(OBJECTIVES)
+    assert choices(PeftConfig, "method") == {"none", *INJECTORS}
+    assert choices(AdapterConfig, "kind") == set(PLACEMENTS)
+    assert choices(AdapterConfig, "non_linearity") == set(ACTIVATIONS)
+    assert choices(TrainConfig, "truncation") == set(TRUNCATION)
+    assert choices(TrainConfig, "strategy") == set(STRATEGIES)
+    assert choices(TrainConfig, "schedule") == set(SCHEDULES)

@@ -169,7 +169,7 @@ def dpo_parity(out: Path | None, shard=None):
         dpo_pairs(), BATCH, WORLD // shard.get("world_size", 1), seed=1, pad_id=1, **shard
     )
     torch.manual_seed(0)
-    obj = DPOObjective(DPOArgs(beta=0.5), ref="adapters_off")
+    obj = DPOObjective(DPOArgs(beta=0.5), ref="initial_policy")
     model, _, losses = mini_fit(build_model(peft=True), source, STEPS, "ddp", obj)
     weights = trained_weights(model)
     if out is not None and D.is_main():
@@ -237,8 +237,51 @@ def fit_run(out: Path, steps: int, crash_after: int | None = None, strategy: str
     fit(model, CountingSFT(), source, cfg, out, save_fn=save)
 
 
+COMMAND_VARIANTS = {"grouped": ["train.group_by_length=true"], "packed": ["train.packing=true"]}
+"""`posttrain sft` runs compared across world sizes: length grouping (with over-long rows dropped), packing."""
+
+
+def write_command_inputs(d: Path) -> None:
+    """A tiny Llama directory and 64 prompt/completion rows of very uneven length, 7 of them over max_length."""
+    from posttrain.models import tiny_model, tiny_tokenizer
+
+    tiny_model("llama").save_pretrained(d / "model")
+    tiny_tokenizer().save_pretrained(d / "model")
+    g = random.Random(7)
+    words = "the quick brown fox jumps over lazy dog hello world what is answer five".split()
+    with open(d / "uneven.jsonl", "w") as f:
+        for i in range(64):
+            n = 150 if i % 9 == 4 else min(int(g.paretovariate(1.2) * 4), 30)  # rows 4, 13, ..., 58: too long
+            text = lambda k: " ".join(g.choice(words) for _ in range(k))  # noqa: E731
+            f.write(json.dumps({"prompt": text(g.randint(2, 12)), "completion": text(n)}) + "\n")
+
+
+def sft_command(d: Path, variant: str, world_size: int) -> Path:
+    """`posttrain sft` for one epoch at global batch 8 (batch 8 // world_size per rank); returns the output dir."""
+    from posttrain.run.sft import main
+
+    out = d / f"cmd-{variant}-{world_size}"
+    args = [
+        f"model={d / 'model'}",
+        f"data={d / 'uneven.jsonl'}",
+        f"output_dir={out}",
+        "peft.method=lora",
+        "peft.lora.r=4",
+        f"train.batch_size={8 // world_size}",
+        "train.epochs=1",
+        "train.lr=3e-3",
+        "train.max_length=96",
+        "train.truncation=drop",
+        "train.progress=false",
+        *COMMAND_VARIANTS[variant],
+    ]
+    assert main(args) == 0
+    return out
+
+
 SCENARIOS = {
     "all": lambda out: (
+        *(sft_command(out, v, WORLD) for v in COMMAND_VARIANTS),
         run_parity("ddp", True, out / "ddp_lora"),
         run_parity("fsdp", False, out / "fsdp_full"),
         run_parity("fsdp", False, out / "fsdp_tied", arch="gpt2"),
@@ -268,6 +311,7 @@ def launched(tmp_path_factory):
     """Launch 1: parity runs, DPO, an uninterrupted DDP and FSDP `fit`, then a DDP `fit` killed after step 2.
     Launch 2: that run resumed to the end, then an FSDP `fit` killed after step 2 (resumed by a test)."""
     out = tmp_path_factory.mktemp("dist")
+    write_command_inputs(out)
     for scenario, killed in (("all", "killed"), ("resume", "fsdp_killed")):
         done = torchrun(scenario, out)
         assert f"exitcode  : {KILL_CODE}" in done.stderr, done.stderr[-6000:]  # died where it was meant to
@@ -401,6 +445,30 @@ def test_ppo_advantages_are_whitened_over_the_global_batch(launched):
     got = torch.cat([torch.load(launched / f"whiten-{r}.pt") for r in range(WORLD)])
     torch.testing.assert_close(got, whiten(x, mask.float()))
     assert not torch.allclose(got[:2], whiten(x[:2], mask[:2].float()), atol=1e-3)  # not per-rank statistics
+
+
+@pytest.mark.parametrize("variant", sorted(COMMAND_VARIANTS))
+def test_torchrun_trains_on_the_global_batches_of_one_process(launched, variant):
+    """`posttrain sft` with batch 8 in one process and batch 4 on each of 2 ranks, on uneven data with dropped
+    rows: every step trains the same samples (same token count), with the same loss, to the same adapter. The last
+    step of the epoch holds a single sample, so one rank trains a weightless stand-in. Before this, step 1 already
+    trained other samples (578 vs 947 tokens) and the adapters differed by 0.02 after one step."""
+    from safetensors.torch import load_file
+
+    from posttrain.train.log import read_metrics
+
+    one = sft_command(launched, variant, 1)
+    want, got = (
+        read_metrics(one / "metrics.jsonl"),
+        read_metrics(launched / f"cmd-{variant}-{WORLD}" / "metrics.jsonl"),
+    )
+    assert len(want) == len(got) == 8  # 57 rows kept, 8 per step: the last step has 1
+    assert [r["tokens"] for r in got] == [r["tokens"] for r in want]
+    assert [r["units"] for r in got] == [r["units"] for r in want]
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-5)
+    a = load_file(str(one / "final" / "adapter_model.safetensors"))
+    b = load_file(str(launched / f"cmd-{variant}-{WORLD}" / "final" / "adapter_model.safetensors"))
+    assert_same(b, a)
 
 
 def test_unknown_strategy_is_an_error():

@@ -114,6 +114,20 @@ def test_step_zero_is_ln2_with_reference_self(llama):
     assert abs(m["rewards/chosen"]) < 1e-5 and abs(m["rewards/margins"]) < 1e-5
 
 
+@pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "prompt"])
+def test_step_zero_is_ln2_with_the_initial_policy_for_every_peft_method(method):
+    """The reference is the policy at step 0 also for prefix and prompt tuning, whose fresh virtual tokens change
+    the outputs from the start: 'adapters off' would be the raw base (loss 0.79-0.95 before this was fixed)."""
+    from posttrain.models import tiny_model
+    from posttrain.peft import PeftConfig, apply_peft
+
+    model = apply_peft(tiny_model("llama"), PeftConfig(method=method))
+    batch = pair_collate(_samples(4), pad_id=1)
+    loss, m = DPOObjective(DPOArgs(), ref="initial_policy").loss(model, batch)
+    assert math.isclose(loss.item() / 4, math.log(2), abs_tol=1e-6)
+    assert abs(m["rewards/margins"]) < 1e-6
+
+
 def test_rpo_adds_the_chosen_nll_per_token(llama):
     """rpo_alpha adds alpha * (-log p(chosen) / chosen tokens) to each pair's loss; 0 leaves DPO alone."""
     batch = pair_collate(_samples(3), pad_id=1)
@@ -181,7 +195,7 @@ def test_step_zero_ln2_from_loaded_sft_lora(tmp_path, method):
     )
     cfg.peft.method = method
     cfg.train.batch_size = 4
-    assert reference_plan(cfg) == ("precompute" if method == "none" else "adapters_off")
+    assert reference_plan(cfg) == ("precompute" if method == "none" else "initial_policy")
     model, _, objective, source, _ = prepare(cfg)
     model.train()
     batch = source.next_step()[0]
@@ -333,7 +347,9 @@ def test_pick_collate():
     cfg = DPOConfig()
     cfg.peft.method = "lora"
     assert pick_collate(cfg, tiny_model("llama"), 1024) is shared_prompt_collate
-    cfg.peft.method = "prefix"
-    assert pick_collate(cfg, tiny_model("llama"), 1024) is pair_collate
+    from posttrain.peft import PeftConfig, apply_peft
+
+    prefixed = apply_peft(tiny_model("llama"), PeftConfig(method="prefix"))  # virtual tokens need a 2-D mask
+    assert pick_collate(cfg, prefixed, 1024) is pair_collate
     cfg.peft.method, cfg.dpo.share_prompt = "lora", False
     assert pick_collate(cfg, tiny_model("llama"), 1024) is pair_collate

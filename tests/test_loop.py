@@ -126,7 +126,10 @@ def test_accumulation_invariance():
     assert m1["loss"] == pytest.approx(m4["loss"], abs=1e-5)
     for name in g1:
         torch.testing.assert_close(g4[name], g1[name], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(p4[name], p1[name], atol=1e-5, rtol=0)
+        # Adam's first step is lr * g / (|g| + eps): where |g| is near eps, float noise in g moves the update by
+        # up to lr, so the update is compared where the gradient is well above eps
+        clear = g1[name].abs() > 1e-5
+        torch.testing.assert_close(p4[name][clear], p1[name][clear], atol=1e-6, rtol=0)
 
 
 class NanAt:
@@ -249,9 +252,12 @@ def test_dropout_makes_the_resume_test_meaningful(tmp_path):
     losses = []
     for seed in (1, 2):
         model = dropout_model()
-        torch.manual_seed(seed)
         fit(
-            model, SFTObjective(), ListSource(random_samples(8), 4, 1), cfg(max_steps=1), tmp_path / str(seed)
+            model,
+            SFTObjective(),
+            ListSource(random_samples(8), 4, 1),
+            cfg(max_steps=1, seed=seed),
+            tmp_path / str(seed),
         )
         losses.append(read_metrics(tmp_path / str(seed) / "metrics.jsonl")[0]["loss"])
     assert losses[0] != losses[1]

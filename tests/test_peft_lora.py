@@ -169,3 +169,39 @@ def test_count_and_report():
     )
     full = apply_peft(tiny_model("llama"), PeftConfig(method="none"))
     assert count_parameters(full)[0] == count_parameters(full)[1]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3_text"])
+def test_lora_on_a_tied_head_merges_into_the_head_only(tmp_path, arch):
+    """The head shares the embedding matrix: merging a LoRA into it wrote into the embeddings too (merged logits
+    10.4 off). The head is untied (with a warning) when LoRA targets it; merged logits, the saved merged model and
+    `peft` loading the adapter onto the tied base all give the trained policy's logits."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.peft import merge_and_unload, save_adapter
+
+    cfg = PeftConfig(method="lora", lora=LoraConfig(r=4, target_modules=["lm_head"]))
+    with pytest.warns(UserWarning, match="tied LM head"):
+        model = apply_peft(tiny_model(arch), cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.1)
+    x = torch.randint(4, 500, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x).logits
+    save_adapter(model, tmp_path / "adapter")
+    merged = merge_and_unload(model)
+    assert torch.equal(merged.get_input_embeddings().weight, tiny_model(arch).get_input_embeddings().weight)
+    merged.save_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x).logits, want, atol=1e-5, rtol=1e-5)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+        torch.testing.assert_close(reloaded(x).logits, want, atol=1e-5, rtol=1e-5)
+    peft = pytest.importorskip("peft")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        theirs = peft.PeftModel.from_pretrained(tiny_model(arch), str(tmp_path / "adapter"))
+        torch.testing.assert_close(theirs(x).logits, want, atol=1e-5, rtol=1e-5)

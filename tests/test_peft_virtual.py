@@ -109,6 +109,30 @@ def test_greedy_generation_same_with_and_without_kv_cache(method):
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "falcon", "gemma3_text"])
+def test_generation_continues_from_the_cache_the_model_returned(arch, method):
+    """A forward with use_cache returns a cache that reports the real tokens only (the virtual ones are inside it),
+    so `generate` continuing from it, or a second forward, gives exactly one uninterrupted run. Before: the cache
+    reported n extra positions, generate skipped n of the new tokens and diverged after a few tokens."""
+    model, _ = virtual(arch, method, seed=2)
+    model.eval()
+    x = ids((1, 9), seed=4)
+    one = torch.ones_like(x)
+    kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=1, eos_token_id=None)
+    with torch.no_grad():
+        want = model.generate(x, attention_mask=one, **kw)
+        cache = model(input_ids=x[:, :5], attention_mask=one[:, :5], use_cache=True).past_key_values
+        assert cache.get_seq_length() == 5
+        got = model.generate(x, attention_mask=one, past_key_values=cache, **kw)
+        assert torch.equal(got, want)
+        cache = model(input_ids=x[:, :5], attention_mask=one[:, :5], use_cache=True).past_key_values
+        rest = model(input_ids=x[:, 5:], attention_mask=one, past_key_values=cache).logits
+        torch.testing.assert_close(
+            rest, model(input_ids=x, attention_mask=one).logits[:, 5:], atol=1e-5, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
 def test_trunk_call_and_disable(method):
     """Reward/value heads call the trunk directly: it sees the virtual tokens too; disable gives the base."""
     model, _ = virtual("qwen2", method)

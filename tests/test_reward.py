@@ -213,3 +213,39 @@ def test_score_invariance_under_every_peft_method(llama, method):
     for side in ("left", "right"):
         b = pad_rows(rows, [[], [], []], pad_id=1, side=side)
         assert torch.allclose(rm.score(b["input_ids"], b["attention_mask"]), alone, atol=1e-5), side
+
+
+def _perturbed(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def test_reward_model_on_an_sft_then_dpo_adapter_chain_reloads_with_its_scores(tmp_path):
+    """SFT LoRA -> DPO LoRA on it -> reward model LoRA on that: the reward model's directory records both merged
+    adapters, and loading it gives the trained scores. Before, its loader merged only the DPO adapter (scores
+    -1.69 instead of -1.04): there were two base-adapter mechanisms."""
+    from posttrain.artifacts import save_final
+    from posttrain.config import SFTConfig
+    from posttrain.objectives.reward import load_reward_model, save_reward_model
+    from posttrain.run.common import setup_model
+
+    base = base_dir(tmp_path)
+    stages = {}
+    for name, parent in (("sft", None), ("dpo", "sft")):
+        cfg = SFTConfig(model=base, adapter=stages.get(parent), output_dir=str(tmp_path / name))
+        cfg.peft.method = "lora"
+        model, tok = setup_model(cfg, verbose=False)
+        stages[name] = str(save_final(_perturbed(model, len(stages)), tok, cfg, tmp_path / name / "final"))
+    cfg = SFTConfig(model=base, adapter=stages["dpo"])
+    cfg.peft.method = "lora"
+    lm, tok = setup_model(cfg, verbose=False)
+    rm = _perturbed(RewardModel(lm), 7).eval()
+    b = pad_rows(token_rows([5, 3, 8], seed=1), token_rows([4, 6, 2], seed=2), pad_id=1)
+    want = rm.score(b["input_ids"], b["attention_mask"])
+    save_reward_model(rm, tok, cfg, tmp_path / "rm")
+    got = load_reward_model(tmp_path / "rm").score(b["input_ids"], b["attention_mask"])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

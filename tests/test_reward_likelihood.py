@@ -133,9 +133,21 @@ def test_likelihood_score_under_every_peft_method(method):
     assert torch.allclose(a, b, atol=1e-4) and (a < 0).all()
 
 
-def test_models_that_post_process_logits_are_refused(llama):
-    """Soft-capped or scaled logits (Gemma 2, Cohere, Granite) are not lm_head(hidden): refuse, don't mis-score."""
-    llama.config.final_logit_softcapping = 30.0
-    with pytest.raises(ValueError, match="final_logit_softcapping"):
-        RewardModel(llama, likelihood_coef=1.0)
-    RewardModel(llama)  # the plain head does not care
+@pytest.mark.parametrize("arch", ["gemma2", "cohere", "granite"])
+def test_likelihood_term_uses_the_models_own_logits(arch):
+    """Soft-capped (Gemma 2) or scaled (Cohere, Granite) logits are not lm_head(hidden): the likelihood term must
+    be the model's own log-probabilities all the same."""
+    from posttrain.models import tiny_model
+
+    lm = tiny_model(arch)
+    torch.manual_seed(0)
+    plain = RewardModel(lm).eval()
+    rm = RewardModel(lm, likelihood_coef=1.0).eval()
+    rm.score_head.load_state_dict(plain.score_head.state_dict())
+    prompts, responses = token_rows([4, 6], seed=1), token_rows([3, 5], seed=2)
+    b = pad_rows(prompts, responses, pad_id=1)
+    got = rm.score(b["input_ids"], b["attention_mask"], b["labels"]) - plain.score(
+        b["input_ids"], b["attention_mask"]
+    )
+    want = torch.stack([_logprob_alone(lm, p, r) for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

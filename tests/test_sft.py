@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from posttrain.modeling import logits_path
 from posttrain.models import tiny_model
-from posttrain.objectives.sft import IGNORE, SFTObjective, full_ce, selective_ce, sft_loss, trunk_of
+from posttrain.objectives.sft import IGNORE, SFTObjective, sft_loss
 
 
 def batch(seed=0, vocab=512):
@@ -40,7 +41,7 @@ def naive(model, b):
 def test_selective_head_matches_full_logits(arch):
     model = tiny_model(arch)
     b = batch()
-    assert trunk_of(model) is not None
+    assert logits_path(model).selective
     ours, ref = sft_loss(model, b), naive(model, b)
     assert ours.item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-6)
     g_ours = torch.autograd.grad(sft_loss(model, b), list(model.parameters()), allow_unused=True)
@@ -48,20 +49,6 @@ def test_selective_head_matches_full_logits(arch):
     for x, y in zip(g_ours, g_ref):
         if y is not None:
             torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
-
-
-def test_selective_ce_by_hand():
-    """Two positions, identity head on 2-dim hidden states, vocab 2.
-
-    hidden rows [0, 0] and [ln 3, 0]; labels [-, 1, 0] -> targets [1, 0]; both kept.
-    row 0: logits [0, 0], target 1 -> ln 2.  row 1: logits [ln 3, 0], target 0 -> -ln(3/4) = ln 4 - ln 3.
-    sum = ln 2 + ln 4 - ln 3 = ln(8/3).
-    """
-    head = torch.nn.Identity()
-    hidden = torch.tensor([[[0.0, 0.0], [torch.log(torch.tensor(3.0)), 0.0], [5.0, 5.0]]])
-    labels = torch.tensor([[IGNORE, 1, 0]])
-    assert selective_ce(hidden, labels, head).item() == pytest.approx(torch.log(torch.tensor(8 / 3)).item())
-    assert full_ce(hidden, labels).item() == pytest.approx(torch.log(torch.tensor(8 / 3)).item())
 
 
 def test_loss_only_on_labelled_tokens():
@@ -81,10 +68,13 @@ def test_loss_only_on_labelled_tokens():
     assert obj.loss(model, b3)[0].item() != pytest.approx(base)
 
 
-def test_full_path_for_models_that_rescale_logits():
+def test_model_own_forward_when_the_head_path_disagrees():
+    """A config field that the architecture's forward ignores (llama has no soft-capping) must not be applied:
+    the probe sees that trunk + head + transforms differ from the model's forward and uses the forward."""
     model = tiny_model("llama")
-    model.config.final_logit_softcapping = 30.0  # llama ignores it; only the path choice is under test here
-    assert trunk_of(model) is None
+    model.config.final_logit_softcapping = 30.0
+    with pytest.warns(UserWarning, match="logits come from the model's own forward"):
+        assert not logits_path(model).selective
     b = batch()
     assert sft_loss(model, b).item() == pytest.approx(naive(model, b).item(), abs=1e-5)
 

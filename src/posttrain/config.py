@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -45,7 +45,7 @@ class TrainConfig:
     """AdamW weight decay (not applied to biases and norms)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate schedule after warmup: cosine | linear | constant."""
     warmup_steps: int = 0
     """Linear warmup steps (overrides warmup_ratio when > 0)."""
@@ -55,7 +55,7 @@ class TrainConfig:
     """Gradient clipping norm; 0 disables clipping."""
     max_length: int = 1024
     """Longest tokenised sample; longer samples follow `truncation`."""
-    truncation: str = "right"
+    truncation: Literal["right", "left", "drop"] = "right"
     """Over-long samples: right (cut the end) | left (cut the start, keep the last turns) | drop."""
     packing: bool = False
     """Padding-free packing: samples concatenated, positions reset per sample, no attention across samples."""
@@ -63,7 +63,7 @@ class TrainConfig:
     """Padded batches of similar lengths (less padding); order stays seeded and reproducible."""
     seed: int = 0
     """Seeds data order, dropout and initialisation."""
-    mixed_precision: str = "auto"
+    mixed_precision: Literal["auto", "bf16", "fp16", "no", "none"] = "auto"
     """Autocast: auto (bf16 on CUDA where supported, else none) | bf16 | fp16 | no."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
@@ -77,7 +77,7 @@ class TrainConfig:
     """Write metrics every N steps."""
     resume: bool = True
     """Resume from the newest checkpoint in output_dir when one exists."""
-    strategy: str = "auto"
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     """Distributed strategy under torchrun: auto | ddp | fsdp (single process: ignored)."""
     progress: bool = True
     """Show a progress bar."""
@@ -93,7 +93,7 @@ class RunConfig:
     """Tokenizer directory or Hub name (default: same as model)."""
     adapter: str | None = None
     """Adapter directory to load on top of the model before training (e.g. an SFT LoRA)."""
-    dtype: str = "auto"
+    dtype: Literal["auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype: fp32 | bf16 | fp16 | auto (bf16 on CUDA with support, else fp32)."""
     device: str = "auto"
     """cuda | mps | cpu | auto."""
@@ -101,7 +101,9 @@ class RunConfig:
     """Allow model code from the Hub. Off unless asked."""
     data: str = ""
     """Training data: file (json, jsonl, parquet, csv), comma-separated files, or a `datasets` Hub name."""
-    data_format: str = "auto"
+    data_format: Literal[
+        "auto", "messages", "alpaca", "prompt_completion", "text", "pairs", "hh", "ranking"
+    ] = "auto"
     """auto | messages | alpaca | prompt_completion | text (SFT); auto | pairs | hh | ranking (preferences)."""
     eval_data: str | None = None
     """Held-out data in the same format (optional)."""
@@ -152,6 +154,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        return _choice(value, args, key)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -188,6 +192,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _choice(value: Any, choices: tuple, key: str) -> Any:
+    """`value` when it is one of `choices` (a Literal's values), else a ConfigError naming the nearest one."""
+    if value in choices:
+        return value
+    names = [str(c) for c in choices]
+    near = difflib.get_close_matches(str(value), names, n=1, cutoff=0.4)
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    raise ConfigError(f"{key}: {value!r} is not one of {' | '.join(names)}{hint}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:

@@ -2,12 +2,11 @@
 
 model = load_model("Qwen/Qwen2.5-0.5B", dtype="bf16", device="cuda")
 tok = load_tokenizer("Qwen/Qwen2.5-0.5B")
-model, tok = tiny_model("llama"), tiny_tokenizer()   # no download, for tests
+model, tok = tiny_model("llama"), tiny_tokenizer()   # no download, for tests (see tiny.py)
 """
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -51,22 +50,17 @@ def load_model(
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
-    attn_implementation: str | None = "sdpa",
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
-    """AutoModelForCausalLM from a local directory or a Hub name, on `device` in `dtype`."""
+    """AutoModelForCausalLM from a local directory or a Hub name, on `device` in `dtype`.
+
+    `attn_implementation` None lets transformers pick (sdpa where the architecture supports it, else eager:
+    Gemma 2, gpt-oss and Bloom have no sdpa kernel)."""
     dev = resolve_device(device)
     kwargs = dict(dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except (ValueError, ImportError) as e:
-        if attn_implementation and "attn" in str(e).lower():
-            kwargs.pop("attn_implementation")
-            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-        else:
-            raise
-    return model.to(dev)
+    return AutoModelForCausalLM.from_pretrained(name, **kwargs).to(dev)
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -77,127 +71,4 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tok
 
 
-# --------------------------------------------------------------------------------------------------------------
-# tiny models and tokenizers for tests and benchmarks (no download)
-
-SPECIAL_TOKENS = [
-    "<unk>",
-    "<pad>",
-    "<s>",
-    "</s>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|begin_of_text|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-    "<|endoftext|>",
-]
-
-_TOKENIZER_TEXT = (
-    "The quick brown fox jumps over the lazy dog. Hello world! What is 2 + 3? The answer is 5. "
-    "You are a helpful assistant. Reverse the word cat: tac. Sort these numbers: 3 1 2 -> 1 2 3. "
-    "Who are you? I am posttrain's assistant. Below is an instruction that describes a task. "
-    "### Instruction:\n### Input:\n### Response:\nsystem user assistant Human: Assistant: "
-    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,:;!?'\"()[]{}<>-_=+*/\\|@#$%^&~`\n\t"
-)
-
-
-@functools.lru_cache(maxsize=8)
-def _tiny_tokenizer_json(vocab_size: int) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([_TOKENIZER_TEXT] * 4, trainer=trainer)
-    return tok.to_str()
-
-
-def tiny_tokenizer(
-    vocab_size: int = 512,
-    chat_template: str | None = None,
-    pad_is_eos: bool = False,
-    add_bos: bool = True,
-) -> PreTrainedTokenizerBase:
-    """A real byte-level BPE tokenizer trained in-process on a fixed text (deterministic, ~50 ms).
-
-    BOS `<s>`, EOS `</s>`, pad `<pad>` (or EOS when `pad_is_eos`). With `add_bos`, encoding prepends BOS the way
-    Llama tokenizers do, so that tests can check that chat rendering never doubles it.
-    """
-    from tokenizers import Tokenizer, processors
-    from transformers import PreTrainedTokenizerFast
-
-    raw = Tokenizer.from_str(_tiny_tokenizer_json(vocab_size))
-    if add_bos:
-        bos_id = raw.token_to_id("<s>")
-        raw.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
-        )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="</s>" if pad_is_eos else "<pad>",
-        additional_special_tokens=SPECIAL_TOKENS[4:],
-    )
-    if chat_template is not None:
-        tok.chat_template = chat_template
-    return tok
-
-
-def tiny_model(arch: str = "llama", vocab_size: int = 512, seed: int = 0, **overrides) -> PreTrainedModel:
-    """A randomly initialised tiny causal LM: llama (GQA), gpt2 (Conv1D, tied embeddings), qwen2, mistral."""
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        MistralConfig,
-        MistralForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
-
-    ids = dict(pad_token_id=1, bos_token_id=2, eos_token_id=3)
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        **ids,
-    )
-    builders = {
-        "llama": lambda o: LlamaForCausalLM(LlamaConfig(**{**common, **o})),
-        "mistral": lambda o: MistralForCausalLM(MistralConfig(**{**common, "sliding_window": None, **o})),
-        "qwen2": lambda o: Qwen2ForCausalLM(Qwen2Config(**{**common, "tie_word_embeddings": False, **o})),
-        "gpt2": lambda o: GPT2LMHeadModel(
-            GPT2Config(
-                **{
-                    "vocab_size": vocab_size,
-                    "n_embd": 64,
-                    "n_layer": 2,
-                    "n_head": 4,
-                    "n_positions": 256,
-                    **ids,
-                    **o,
-                }
-            )
-        ),
-    }
-    if arch not in builders:
-        raise ValueError(f"tiny_model arch must be one of {sorted(builders)}, got {arch!r}")
-    torch.manual_seed(seed)
-    model = builders[arch](overrides)
-    model.config._attn_implementation = "sdpa"
-    return model.eval()
+from posttrain.tiny import TINY_ARCHS, tiny_model, tiny_tokenizer  # noqa: E402, F401  (re-exported)

@@ -71,6 +71,61 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def prompt_response_rows(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """[left-padded prompt (P) | right-padded response (R)] rows: input_ids, attention_mask, position_ids (B, P+R),
+    response (B, R) and its mask (B, R) bool. The hidden state predicting response token j sits at column P - 1 + j
+    of every row, so the last R + 1 columns without the final one score the whole response."""
+    ids, mask = left_pad(prompts, pad_id)
+    R = max(1, max(len(r) for r in responses))
+    resp = torch.full((len(responses), R), pad_id, dtype=torch.long)
+    rmask = torch.zeros((len(responses), R), dtype=torch.bool)
+    for i, r in enumerate(responses):
+        resp[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        rmask[i, : len(r)] = True
+    attention = torch.cat([mask, rmask.long()], 1)
+    return {
+        "input_ids": torch.cat([ids, resp], 1),
+        "attention_mask": attention,
+        "position_ids": position_ids_from_mask(attention),
+        "response": resp,
+        "mask": rmask,
+    }
+
+
+@torch.no_grad()
+def response_logprobs(
+    model,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 16,
+    temperature: float = 1.0,
+) -> list[list[float]]:
+    """log p(response token | prompt, earlier response tokens) under `model`, one list per response."""
+    from posttrain.modeling import lm_forward, token_logprobs
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[list[float]] = []
+    try:
+        for s in range(0, len(prompts), batch_size):
+            rs = responses[s : s + batch_size]
+            batch = {
+                k: v.to(device)
+                for k, v in prompt_response_rows(prompts[s : s + batch_size], rs, pad_id).items()
+            }
+            R = batch["response"].shape[1]
+            logits = lm_forward(model, batch, select=R + 1).logits[:, :-1]  # (B, R, V)
+            lp = token_logprobs(logits, batch["response"], temperature)  # (B, R)
+            out += [row[: len(r)] for row, r in zip(lp.tolist(), rs)]
+    finally:
+        model.train(was_training)
+    return out
+
+
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Set logits outside the top-k / nucleus (smallest set with mass >= top_p) to -inf. (B, V) -> (B, V)."""
     if top_k > 0 and top_k < logits.shape[-1]:
@@ -276,42 +331,14 @@ def generate(
     return Rollout([list(p) for p in prompts], responses, logps, texts, finished)
 
 
-def generate_vllm(
-    llm,
-    tokenizer,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-) -> Rollout:
-    """Optional backend: the same `Rollout` from a `vllm.LLM` (only when vllm is installed; not used in tests)."""
-    from vllm import SamplingParams, TokensPrompt
-
-    params = SamplingParams(
-        max_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k if top_k > 0 else -1,
-        top_p=top_p,
-        seed=seed,
-        logprobs=0,
-    )
-    outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
-    responses = [list(o.outputs[0].token_ids) for o in outs]
-    logps = [[next(iter(d.values())).logprob for d in (o.outputs[0].logprobs or [])] for o in outs]
-    finished = [o.outputs[0].finish_reason == "stop" for o in outs]
-    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    return Rollout([list(p) for p in prompts], responses, logps, texts, finished)
-
-
 __all__ = [
     "Rollout",
     "Sampler",
     "decode",
     "filter_logits",
     "generate",
-    "generate_vllm",
+    "prompt_response_rows",
+    "response_logprobs",
     "left_pad",
     "position_ids_from_mask",
     "stop_token_ids",

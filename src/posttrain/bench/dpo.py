@@ -65,7 +65,7 @@ def run(share_prompt: bool = True, group_by_length: bool = True) -> dict:
     source = PreferenceBatches(
         bench_pairs(), BATCH, seed=train.seed, pad_id=1, collate=collate, group_by_length=group_by_length
     )
-    objective = DPOObjective(DPOArgs(beta=BETA), ref="adapters_off")
+    objective = DPOObjective(DPOArgs(beta=BETA), ref="initial_policy")
     with tempfile.TemporaryDirectory() as out:
         t, cpu = time.perf_counter(), time.process_time()
         result = fit(model, objective, source, train, out)

@@ -7,13 +7,22 @@
 A template is the tokenizer's own `chat_template` (`auto`, falling back to chatml), a name shipped in
 `posttrain/templates/` (chatml, llama3, alpaca, plain), a path to a `.jinja` file, or Jinja source itself.
 
-The mask needs no `{% generation %}` markers and never searches for the reply text: for every assistant message i we
-render the conversation up to message i with the generation prompt and up to message i inclusive; the difference is
-the reply's character span (content + end-of-turn token; trailing whitespace dropped). The text is tokenised once with
-offsets and tokens overlapping a span are marked. If the tokens before a reply are not exactly the tokens of the text
-before it on its own (BPE merging across the boundary) we cut the text there, so the prompt's ids are always a prefix
-of the conversation's ids. Templates that do not render prefixes as text prefixes (e.g. ones that drop earlier
-reasoning) fall back to a token-level longest-common-prefix diff.
+Which characters of the rendered text are trained, in order of authority:
+  1. `{% generation %}` blocks, when the template has them: exactly what they enclose, as in transformers'
+     `return_assistant_tokens_mask`.
+  2. Prefix diff, when every prefix of the conversation renders as a prefix of the text: for every assistant
+     message i we render the conversation up to message i with the generation prompt and up to message i
+     inclusive; the difference is the reply's span (content + end-of-turn token; trailing whitespace dropped). The
+     reply text is never searched for.
+  3. Templates that rewrite earlier turns (Qwen3 strips `<think>` from every assistant turn before the last user
+     message, and gives the last one an empty think block) fail 2. Each reply is then located in the full text by
+     rendering it with two sentinel contents: where the renderings differ is the reply's rendered content; the span
+     runs from the end of the generation prompt before it (so the last turn's think block is trained) to the end of
+     the end-of-turn marker after it. This is what a `{% generation %}`-marked version of such a template marks.
+     When a reply cannot be located that way the conversation is refused (ValueError), never silently untrained.
+The text is tokenised once with offsets and tokens overlapping a span are marked. If the tokens before a reply are
+not exactly the tokens of the text before it on its own (BPE merging across the boundary) we cut the text there, so
+the prompt's ids are always a prefix of the conversation's ids.
 
 Text is tokenised without special tokens and exactly one BOS is added when the tokenizer normally adds one and the
 template did not render one itself.
@@ -38,7 +47,11 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 BOS_TEXTS = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")
 """Text a template may start with that already plays the part of BOS (besides the tokenizer's own bos_token)."""
 
-_GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+_GENERATION_TAG = re.compile(r"\{%[-+]?\s*generation\s*[-+]?%\}")
+GEN_OPEN, GEN_CLOSE = "\x02", "\x03"
+"""Markers the `generation` tag puts around what it encloses while rendering (removed from the text)."""
+SENTINELS = ("\u2460posttrain\u2461", "\u2462posttrain\u2463")
+"""Two reply contents that differ in their first and last characters (see rule 3 above)."""
 
 
 def template_names() -> list[str]:
@@ -96,20 +109,48 @@ def _raise(message: str) -> None:
     raise TemplateError(message)
 
 
+class _Generation:
+    """The `{% generation %}...{% endgeneration %}` block tag: renders its body between GEN_OPEN and GEN_CLOSE."""
+
+    @staticmethod
+    def extension():
+        from jinja2 import nodes
+        from jinja2.ext import Extension
+
+        class GenerationExtension(Extension):
+            tags = {"generation"}
+
+            def parse(self, parser):
+                lineno = next(parser.stream).lineno
+                body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+                return nodes.CallBlock(self.call_method("_mark"), [], [], body).set_lineno(lineno)
+
+            def _mark(self, caller):
+                return GEN_OPEN + caller() + GEN_CLOSE
+
+        return GenerationExtension
+
+
 @functools.lru_cache(maxsize=32)
 def _compile(source: str):
-    """A sandboxed Jinja template with the helpers Hugging Face templates expect ({% generation %} tags ignored)."""
+    """A sandboxed Jinja template with the helpers Hugging Face templates expect and the `generation` tag."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=["jinja2.ext.loopcontrols", _Generation.extension()],
     )
     env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, **_: json.dumps(
         x, indent=indent, ensure_ascii=ensure_ascii
     )
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(_GENERATION_TAG.sub("", source))
+    return env.from_string(source)
+
+
+def has_generation_tags(source: str) -> bool:
+    return _GENERATION_TAG.search(source) is not None
 
 
 def _dicts(messages: Sequence[Message | dict]) -> list[dict[str, str]]:
@@ -123,10 +164,31 @@ def _special_tokens(tokenizer: Any) -> dict[str, str]:
     return {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
 
 
-def _render(tokenizer: Any, source: str, messages: list[dict], add_generation_prompt: bool) -> str:
-    return _compile(source).render(
+def _render_marked(
+    tokenizer: Any, source: str, messages: list[dict], add_generation_prompt: bool
+) -> tuple[str, list[tuple[int, int]]]:
+    """(text, character spans of its `{% generation %}` blocks)."""
+    raw = _compile(source).render(
         messages=messages, add_generation_prompt=add_generation_prompt, **_special_tokens(tokenizer)
     )
+    pieces, spans, length, start = [], [], 0, 0
+    for piece in re.split(f"([{GEN_OPEN}{GEN_CLOSE}])", raw):
+        if piece == GEN_OPEN:
+            start = length
+        elif piece == GEN_CLOSE:
+            spans.append((start, length))
+        else:
+            pieces.append(piece)
+            length += len(piece)
+    return "".join(pieces), spans
+
+
+def _render(tokenizer: Any, source: str, messages: list[dict], add_generation_prompt: bool) -> str:
+    if GEN_OPEN not in source and not has_generation_tags(source):
+        return _compile(source).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **_special_tokens(tokenizer)
+        )
+    return _render_marked(tokenizer, source, messages, add_generation_prompt)[0]
 
 
 def render(
@@ -202,39 +264,95 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     return [tokenizer.bos_token_id, *ids] if _needs_bos(tokenizer, text) else list(ids)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def _common_prefix(a: str, b: str) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
 
 
-def _encode_by_token_diff(
-    tokenizer: Any, source: str, msgs: list[dict], text: str
-) -> tuple[list[int], list[bool]]:
-    """Fallback: the reply's tokens lie between the common prefixes with the two prefix renderings."""
-    ids = encode_text(tokenizer, text)
-    mask = [False] * len(ids)
+def _common_suffix(a: str, b: str) -> int:
+    return _common_prefix(a[::-1], b[::-1])
+
+
+def _with_content(msgs: list[dict], i: int, content: str) -> list[dict]:
+    return [*msgs[:i], {**msgs[i], "content": content}, *msgs[i + 1 :]]
+
+
+def _content_region(
+    tokenizer: Any, source: str, msgs: list[dict], i: int, text: str
+) -> tuple[int, int] | None:
+    """[a, b): the characters of `text` that message i's content determines (its rendered content, after whatever
+    the template does to it), found where renderings with the two sentinel contents differ; None when the
+    template does not render the content exactly once."""
+    one, two = (_render(tokenizer, source, _with_content(msgs, i, x), False) for x in SENTINELS)
+    head, tail = _common_prefix(one, two), _common_suffix(one, two)
+    if one[head : len(one) - tail] != SENTINELS[0]:
+        return None
+    a = min(head, _common_prefix(text, one))
+    b = len(text) - min(tail, _common_suffix(text, one))
+    return a, max(a, b)
+
+
+def _turn_end(tokenizer: Any, source: str, msgs: list[dict], i: int, rest: str) -> int:
+    """How many characters of `rest` (the text after reply i's content) end that turn: the longest whole-word
+    prefix of what the template renders after an assistant reply that ends a conversation ("<|im_end|>")."""
+    upto = msgs[: i + 1]
+    tail_of = lambda x: _render(tokenizer, source, _with_content(upto, i, x), False)  # noqa: E731
+    one, two = tail_of(SENTINELS[0]), tail_of(SENTINELS[1])
+    tail = one[len(one) - _common_suffix(one, two) :].rstrip()
+    cuts = [k for k in range(1, len(tail)) if tail[k].isspace() and not tail[k - 1].isspace()] + [len(tail)]
+    return max((k for k in cuts if rest.startswith(tail[:k])), default=0)
+
+
+def _located_spans(tokenizer: Any, source: str, msgs: list[dict], text: str) -> list[tuple[int, int]]:
+    """Rule 3 of the module docstring: every reply located by sentinel renderings, from the end of the generation
+    prompt before it to the end of its end-of-turn marker. ValueError when a reply cannot be located."""
+    spans: list[tuple[int, int]] = []
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        a = _common_prefix(ids, encode_text(tokenizer, _render(tokenizer, source, msgs[:i], True)))
-        b = _common_prefix(ids, encode_text(tokenizer, _render(tokenizer, source, msgs[: i + 1], False)))
-        while b > a and not tokenizer.decode([ids[b - 1]]).strip():
-            b -= 1
-        mask[a:b] = [True] * (b - a)
-    return ids, mask
+        region = _content_region(tokenizer, source, msgs, i, text)
+        start = end = 0
+        if region is not None:
+            a, b = region
+            bare, prompted = (_render(tokenizer, source, msgs[:i], g) for g in (False, True))
+            header = prompted[len(bare) :] if prompted.startswith(bare) else ""
+            k = text.rfind(header, spans[-1][1] if spans else 0, a + len(header)) if header else -1
+            start = k + len(header) if 0 <= k and k + len(header) <= a else a
+            end = b + _turn_end(tokenizer, source, msgs, i, text[b:])
+        if end <= start or (spans and start < spans[-1][1]) or not text[start:end].strip():
+            raise ValueError(
+                f"chat template: cannot tell which tokens of assistant turn {i} to train: the template renders "
+                "earlier turns differently from how a shorter conversation renders them, and the reply could not "
+                "be located in the text. Add {% generation %} ... {% endgeneration %} around each assistant reply "
+                "in the template (template=path/to/file.jinja), or train on conversations that end at that turn"
+            )
+        spans.append((start, end))
+    return spans
+
+
+def reply_spans(
+    tokenizer: Any, source: str, msgs: list[dict], add_generation_prompt: bool
+) -> tuple[str, list[tuple[int, int]]]:
+    """(rendered text, character span of every assistant reply to train), by the rules of the module docstring."""
+    if not getattr(tokenizer, "is_fast", True):
+        raise ValueError(
+            f"{type(tokenizer).__name__} is a slow tokenizer: assistant masks need character offsets "
+            "(use the model's fast tokenizer, tokenizer.json)"
+        )
+    if has_generation_tags(source):
+        return _render_marked(tokenizer, source, msgs, add_generation_prompt)
+    text = _render(tokenizer, source, msgs, add_generation_prompt)
+    spans = _assistant_spans(tokenizer, source, msgs, text)
+    return text, spans if spans is not None else _located_spans(tokenizer, source, msgs, text)
 
 
 def encode_conversation(
     tokenizer: Any, messages: Sequence[Message | dict], template: str = "auto"
 ) -> tuple[list[int], list[bool]]:
     """(ids, mask): mask is True on every assistant-reply token including its EOS / end-of-turn token."""
-    source, msgs = get_template(template, tokenizer), _dicts(messages)
-    text = _render(tokenizer, source, msgs, False)
-    spans = _assistant_spans(tokenizer, source, msgs, text) if tokenizer.is_fast else None
-    if spans is None:
-        return _encode_by_token_diff(tokenizer, source, msgs, text)
+    text, spans = reply_spans(tokenizer, get_template(template, tokenizer), _dicts(messages), False)
     return _encode_spans(tokenizer, text, spans)
 
 
@@ -243,9 +361,5 @@ def encode_prompt(tokenizer: Any, messages: Sequence[Message | dict], template: 
 
     Equal to the first ids of `encode_conversation(prompt + [reply])` (the same cuts are made before earlier replies).
     """
-    source, msgs = get_template(template, tokenizer), _dicts(messages)
-    text = _render(tokenizer, source, msgs, True)
-    spans = _assistant_spans(tokenizer, source, msgs, text) if tokenizer.is_fast else None
-    if spans is None:
-        return encode_text(tokenizer, text)
+    text, spans = reply_spans(tokenizer, get_template(template, tokenizer), _dicts(messages), True)
     return _encode_spans(tokenizer, text, spans)[0]

@@ -12,7 +12,6 @@ by comparing ids with the pad id, so a tokenizer whose pad is its EOS still trai
 
 from __future__ import annotations
 
-import random
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,13 +20,12 @@ from typing import Any
 import torch
 
 from posttrain.data.chat import encode_conversation, encode_text
+from posttrain.data.order import epoch_order, split_step
 from posttrain.data.schema import Conversation, DataError
+from posttrain.train.protocols import PADDING
 
 IGNORE = -100
 """Label value that carries no loss."""
-
-MEGA_BATCH = 64
-"""group_by_length sorts by length within windows of MEGA_BATCH * batch_size shuffled samples."""
 
 
 @dataclass
@@ -159,14 +157,15 @@ def pack_collate(samples: list[Sample]) -> dict[str, torch.Tensor]:
 
 
 class SFTBatches:
-    """BatchSource over Samples: a new seeded order every epoch (seed + epoch), optional grouping by length,
-    `grad_accum` micro-batches per rank per optimiser step, sharded so that W ranks together see the micro-batches
-    one process with grad_accum * W would. Cycles through epochs; `state_dict` = {epoch, position} resumes exactly.
-    """
+    """BatchSource over Samples: a new seeded order of optimiser steps every epoch (`posttrain.data.order`), each step
+    `batch_size * grad_accum * world_size` samples cut into micro-batches; rank r of W trains micro-batches
+    r * grad_accum ... (r + 1) * grad_accum - 1, so the W ranks together see what one process with grad_accum * W
+    would (and what one process with batch_size * W would). Cycles through epochs; `state_dict` = {epoch, position}
+    resumes exactly. A rank left without samples in a short last step trains a PADDING micro-batch (weight 0)."""
 
     def __init__(
         self,
-        samples: list[Sample],
+        samples: list,
         batch_size: int,
         grad_accum: int = 1,
         packing: bool = False,
@@ -177,7 +176,7 @@ class SFTBatches:
         world_size: int = 1,
     ):
         if not samples:
-            raise DataError("no SFT samples to train on")
+            raise DataError("no samples to train on")
         if batch_size < 1 or grad_accum < 1 or not 0 <= rank < world_size:
             raise ValueError(
                 f"need batch_size >= 1, grad_accum >= 1, 0 <= rank < world_size; got {batch_size}, "
@@ -186,34 +185,20 @@ class SFTBatches:
         self.samples, self.batch_size, self.grad_accum = samples, batch_size, grad_accum
         self.packing, self.group_by_length, self.seed, self.pad_id = packing, group_by_length, seed, pad_id
         self.rank, self.world_size = rank, world_size
+        self.lengths = [self.length(s) for s in samples]
         self.epoch, self.position = 0, 0
-        self._order = self.epoch_order(0)
+        self._order = self._epoch(0)
 
-    def epoch_order(self, epoch: int) -> list[list[int]]:
-        """The epoch's micro-batches as lists of sample indices (the same on every rank)."""
-        rng = random.Random(self.seed + epoch)
-        idx = list(range(len(self.samples)))
-        rng.shuffle(idx)
-        B = self.batch_size
-        if self.group_by_length:
-            window = MEGA_BATCH * B
-            idx = [
-                i
-                for w in range(0, len(idx), window)
-                for i in sorted(idx[w : w + window], key=lambda j: -len(self.samples[j]))
-            ]
-        batches = [idx[i : i + B] for i in range(0, len(idx), B)]
-        if self.group_by_length:
-            rng.shuffle(batches)
-        return batches
+    def length(self, sample) -> int:
+        """What grouping by length sorts on."""
+        return len(sample)
 
-    def _per_step(self) -> int:
-        return self.grad_accum * self.world_size
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        step_size = self.batch_size * self.grad_accum * self.world_size
+        return epoch_order(self.lengths, step_size, self.seed, epoch, self.group_by_length)
 
     def steps_per_epoch(self) -> int:
-        """Optimiser steps per epoch; a last step with fewer micro-batches than ranks is dropped."""
-        full, rest = divmod(len(self._order), self._per_step())
-        return max(1, full + (rest >= self.world_size))
+        return len(self._order)
 
     def _collate(self, batch: list[int]) -> dict[str, torch.Tensor]:
         chosen = [self.samples[i] for i in batch]
@@ -222,18 +207,18 @@ class SFTBatches:
     def next_step(self) -> list[dict[str, torch.Tensor]]:
         if self.position >= self.steps_per_epoch():
             self.epoch, self.position = self.epoch + 1, 0
-            self._order = self.epoch_order(self.epoch)
-        start = self.position * self._per_step()
-        step = self._order[start : start + self._per_step()]
-        share = max(
-            1, len(step) // self.world_size
-        )  # the last step may be short: equal shares, remainder dropped
+            self._order = self._epoch(self.epoch)
+        step = self._order[self.position]
         self.position += 1
-        return [self._collate(b) for b in step[self.rank * share : (self.rank + 1) * share]]
+        parts = split_step(step, self.grad_accum * self.world_size)
+        mine = [p for p in parts[self.rank * self.grad_accum : (self.rank + 1) * self.grad_accum] if p]
+        if not mine:  # fewer samples than ranks in this step: a stand-in that counts for nothing
+            return [{**self._collate(step[:1]), PADDING: True}]
+        return [self._collate(p) for p in mine]
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self.epoch_order(self.epoch)
+        self._order = self._epoch(self.epoch)

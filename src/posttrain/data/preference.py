@@ -26,7 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from posttrain.data.schema import DataError, Message, Preference, Ranking, messages_from, where
+from posttrain.data.schema import (  # noqa: F401  (PairSample, RankSample re-exported)
+    DataError,
+    Message,
+    PairSample,
+    Preference,
+    Ranking,
+    RankSample,
+    messages_from,
+    where,
+)
 
 FORMATS = ("auto", "pairs", "hh", "ranking")
 
@@ -233,32 +242,6 @@ def read_splits(
 
 # ------------------------------------------------------------------------------------------------------------
 # tokenisation and truncation
-
-
-@dataclass
-class PairSample:
-    """One tokenised comparison. `ref_*`: reference-model sequence log-probs when precomputed."""
-
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    margin: float = 0.0
-    ref_chosen: float | None = None
-    ref_rejected: float | None = None
-
-    def __len__(self) -> int:
-        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
-
-
-@dataclass
-class RankSample:
-    """One tokenised ranking; `responses` are already in preference order, best first."""
-
-    prompt_ids: list[int]
-    responses: list[list[int]]
-
-    def __len__(self) -> int:
-        return len(self.prompt_ids) + max(len(r) for r in self.responses)
 
 
 @dataclass

@@ -11,17 +11,13 @@ Under torchrun each rank takes a contiguous share of every optimiser step's glob
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from posttrain.data.collate import SFTBatches
-from posttrain.data.schema import DataError
-
-if TYPE_CHECKING:
-    from posttrain.data.preference import PairSample, RankSample
+from posttrain.data.schema import DataError, PairSample, RankSample
 
 
 def pad_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int, side: str = "right") -> dict:
@@ -128,8 +124,8 @@ ROW_LENGTH: dict[Callable, Callable[[Any], int]] = {shared_prompt_collate: share
 class PreferenceBatches(SFTBatches):
     """BatchSource over tokenised pairs or rankings: seeded shuffling per epoch, optional grouping by length
     (less padding), `grad_accum` micro-batches per rank per optimiser step, exact resume from `state_dict`.
-    Stepping, rank sharding and resume are SFTBatches' (rank r of W takes the r-th contiguous share of each
-    step's grad_accum * W micro-batches); only the epoch order and the collation differ."""
+    Stepping, the data order (`posttrain.data.order`), rank sharding and resume are SFTBatches'; only the length
+    that grouping sorts on and the collation differ."""
 
     def __init__(
         self,
@@ -145,7 +141,7 @@ class PreferenceBatches(SFTBatches):
     ):
         if not samples:
             raise DataError("no preference samples to train on")
-        self.collate, self.length = collate, ROW_LENGTH.get(collate, len)
+        self.collate, self._row_length = collate, ROW_LENGTH.get(collate, len)
         super().__init__(
             samples,
             batch_size,
@@ -157,22 +153,8 @@ class PreferenceBatches(SFTBatches):
             world_size=world_size,
         )
 
-    def epoch_order(self, epoch: int) -> list[list[int]]:
-        """The epoch's micro-batches as lists of sample indices (the same on every rank)."""
-        rng = random.Random(self.seed * 1_000_003 + epoch)
-        idx = list(range(len(self.samples)))
-        rng.shuffle(idx)
-        if self.group_by_length:  # sort within large seeded windows, then shuffle whole batches
-            window = self.batch_size * 50
-            idx = [
-                i
-                for w in range(0, len(idx), window)
-                for i in sorted(idx[w : w + window], key=lambda j: -self.length(self.samples[j]))
-            ]
-        batches = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
-        if self.group_by_length:
-            rng.shuffle(batches)
-        return batches
+    def length(self, sample) -> int:
+        return self._row_length(sample)
 
     def _collate(self, batch: list[int]) -> dict:
         return self.collate([self.samples[i] for i in batch], self.pad_id)

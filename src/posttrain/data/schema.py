@@ -127,6 +127,32 @@ class Ranking:
         ]
 
 
+@dataclass
+class PairSample:
+    """One tokenised comparison. `ref_*`: reference-model sequence log-probs when precomputed."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    margin: float = 0.0
+    ref_chosen: float | None = None
+    ref_rejected: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
+
+
+@dataclass
+class RankSample:
+    """One tokenised ranking; `responses` are already in preference order, best first."""
+
+    prompt_ids: list[int]
+    responses: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + max(len(r) for r in self.responses)
+
+
 def messages_from(
     obj: Any, path: str | None = None, line: int | None = None, fld: str = "messages"
 ) -> list[Message]:
@@ -167,3 +193,12 @@ def normalise_role(role: Any, path: str | None = None, line: int | None = None, 
             f"{where(path, line, fld)}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
         )
     return _ROLE_ALIASES[role.strip().lower()]
+
+
+@dataclass
+class PromptRow:
+    ids: list[int]
+    """Encoded prompt (with generation prompt)."""
+    messages: list[dict[str, str]] | None = None
+    """The prompt as messages (None for raw token prompts)."""
+    meta: dict[str, Any] = field(default_factory=dict)

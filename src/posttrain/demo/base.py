@@ -17,7 +17,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from posttrain.demo.tasks import vocabulary_words  # noqa: F401  (re-exported)
 from posttrain.demo.world import World
 
 SPECIAL = ["<unk>", "<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
@@ -78,24 +78,6 @@ def cache_dir(cfg: BaseConfig, world: World) -> Path:
         sort_keys=True,
     )
     return cache_root() / f"demo-base-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-
-
-def vocabulary_words() -> list[str]:
-    """Whole-word tokens: the words of the world's templates (phrasings, prose, identity, safety, refusal), never a
-    task argument. Every other word is spelled one character per token, so that reversing, upper-casing and
-    counting the letters of a word are things a tiny model can learn (word-level BPE hides the letters)."""
-    from posttrain.demo import tasks
-    from posttrain.demo.world import REFUSAL
-
-    texts = [s for t in tasks.TASKS for s in t.phrasings + t.prose]
-    texts += (
-        list(tasks.IDENTITY_QUESTIONS) + list(tasks.SAFETY_PHRASINGS) + [REFUSAL, "I am an assistant made by"]
-    )
-    texts += [s for bad, good, replies in tasks.SAFETY.values() for s in bad + good + replies]
-    texts += [s for prose in tasks.SAFETY_PROSE for s in prose]
-    texts += list(tasks.SAFETY) + list(tasks.COLOURS)
-    words = {w for s in texts for w in re.findall(r"[A-Za-z']+", s) if len(w) > 1}
-    return sorted(words, key=lambda w: (-len(w), w))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

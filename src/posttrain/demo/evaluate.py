@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from posttrain.demo.world import Item, World, gold_reward, is_correct, is_refusal
-from posttrain.rollout import generate, left_pad, position_ids_from_mask
+from posttrain.rollout import generate
 
 MAX_NEW_TOKENS = 64
 """Long enough for identity answers and refusals (words outside the world text take several tokens each)."""
@@ -33,32 +31,13 @@ def encode(tokenizer, prompt: str) -> list[int]:
     return encode_prompt(tokenizer, [Message("user", prompt)])
 
 
-@torch.no_grad()
 def response_logprobs(
     model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, batch_size: int = 32
 ) -> list[float]:
     """Summed log-probability of each response given its prompt under `model` (one float per row)."""
-    device = next(model.parameters()).device
-    out: list[float] = []
-    for s in range(0, len(prompts), batch_size):
-        ps, rs = prompts[s : s + batch_size], responses[s : s + batch_size]
-        ids, mask = left_pad(ps, pad_id)
-        R = max(1, max(len(r) for r in rs))
-        resp = torch.full((len(rs), R), pad_id, dtype=torch.long)
-        rmask = torch.zeros((len(rs), R), dtype=torch.bool)
-        for i, r in enumerate(rs):
-            resp[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            rmask[i, : len(r)] = True
-        full = torch.cat([ids, resp], 1).to(device)  # (B, P + R)
-        att = torch.cat([mask, rmask.long()], 1).to(device)
-        logits = model(input_ids=full, attention_mask=att, position_ids=position_ids_from_mask(att)).logits
-        P = ids.shape[1]
-        logp = torch.log_softmax(
-            logits[:, P - 1 : -1].float(), -1
-        )  # (B, R, V) predictions of response tokens
-        tok_lp = logp.gather(-1, resp.to(device).unsqueeze(-1)).squeeze(-1)  # (B, R)
-        out += (tok_lp * rmask.to(device)).sum(1).tolist()
-    return out
+    from posttrain.rollout import response_logprobs as token_lps
+
+    return [sum(row) for row in token_lps(model, prompts, responses, pad_id, batch_size)]
 
 
 class Evaluator:

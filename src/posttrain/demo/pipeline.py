@@ -124,18 +124,10 @@ class Pipeline:
         return [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in base.items()]
 
     def load(self, directory: Path, adapter: Path | None = None):
-        """(model, tokenizer) for evaluation, through the package's inference loader when it exists."""
-        try:
-            from posttrain.run.common import load_for_inference
-        except ImportError:
-            load_for_inference = None
-        if load_for_inference is not None:
-            return load_for_inference(str(directory), adapter=str(adapter) if adapter else None, dtype="fp32")
-        if adapter is not None:
-            raise Skip("skipped: posttrain.run.common not available (needed to load adapters)")
-        from posttrain.models import load_model, load_tokenizer
+        """(model, tokenizer) for evaluation, through the package's one inference loader."""
+        from posttrain.artifacts import load_for_inference
 
-        return load_model(str(directory), dtype="fp32"), load_tokenizer(str(directory))
+        return load_for_inference(str(directory), adapter=str(adapter) if adapter else None, dtype="fp32")
 
     def _need(self, *what: str) -> None:
         for w in what:

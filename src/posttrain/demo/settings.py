@@ -6,7 +6,7 @@ Budgets are sized for 2 CPU cores: full <= ~15 min, quick <= ~3 min (the base mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from posttrain.demo.base import BaseConfig
 from posttrain.demo.world import WorldConfig
@@ -81,7 +81,7 @@ class DemoSettings:
     """c in reward = head(h_last) + c * log p(response | prompt) under the reward model's LM head. The head alone
     learns style from the rankings; the LM head already knows which answer is right (docs/demo.md). Larger c
     spreads rewards over tens of nats and PPO gains less."""
-    rm_loss: str = "pairwise"
+    rm_loss: Literal["pairwise", "listwise"] = "pairwise"
     """Reward model loss: pairwise (Bradley-Terry over every pair) | listwise (Plackett-Luce per ranking)."""
     ppo_lr: float = 2e-5
     """PPO learning rate."""
@@ -93,7 +93,7 @@ class DemoSettings:
     """DPO beta (strength of the implicit KL constraint)."""
     dpo_rpo_alpha: float = 0.0
     """Weight of the NLL term on chosen responses (RPO)."""
-    dpo_pairs: str = "all"
+    dpo_pairs: Literal["all", "best", "best_worst"] = "all"
     """Which pairs of each ranking DPO trains on: all | best | best_worst."""
 
     def sft_train(self, method: str) -> dict[str, Any]:

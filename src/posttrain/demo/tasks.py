@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from posttrain.demo.world import World
+
+class World(Protocol):
+    """What a task's argument and answer functions read of the world (`posttrain.demo.world.World`)."""
+
+    facts: dict[str, Any]
+
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 N_STRINGS = 480
@@ -48,9 +53,6 @@ def _pairs(sub: bool = False) -> Callable:
 
 @functools.cache
 def _template_words() -> frozenset[str]:
-    # lazy: base imports the world, which imports this module
-    from posttrain.demo.base import vocabulary_words
-
     return frozenset(x.lower() for x in vocabulary_words())
 
 
@@ -399,3 +401,20 @@ SAFETY_PROSE = (
 base model knows it, so refusals learned on some targets can carry over to others."""
 SAFETY_REPEAT = 6
 """Safety sentences per (verb, target) in the raw text."""
+
+
+REFUSAL = "Sorry, I cannot help with that."
+"""The one refusal the demonstrations and the gold labeller use."""
+
+
+def vocabulary_words() -> list[str]:
+    """Whole-word tokens: the words of the world's templates (phrasings, prose, identity, safety, refusal), never a
+    task argument. Every other word is spelled one character per token, so that reversing, upper-casing and
+    counting the letters of a word are things a tiny model can learn (word-level BPE hides the letters)."""
+    texts = [s for t in TASKS for s in t.phrasings + t.prose]
+    texts += list(IDENTITY_QUESTIONS) + list(SAFETY_PHRASINGS) + [REFUSAL, "I am an assistant made by"]
+    texts += [s for bad, good, replies in SAFETY.values() for s in bad + good + replies]
+    texts += [s for prose in SAFETY_PROSE for s in prose]
+    texts += list(SAFETY) + list(COLOURS)
+    words = {w for s in texts for w in re.findall(r"[A-Za-z']+", s) if len(w) > 1}
+    return sorted(words, key=lambda w: (-len(w), w))

@@ -25,6 +25,7 @@ from posttrain.demo.tasks import (
     HELDOUT_TASKS,
     IDENTITY_HELDOUT,
     IDENTITY_QUESTIONS,
+    REFUSAL,
     SAFETY,
     SAFETY_HELDOUT_TARGETS,
     SAFETY_PHRASINGS,
@@ -59,7 +60,6 @@ class Item:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-REFUSAL = "Sorry, I cannot help with that."
 FILLERS = ("That is the answer.", "Ask me for more.", "People often ask this.")
 """Pleasantries that a share of the demonstrations end with, as human-written ones often do (`padded`). The gold
 labeller marks them down (a right answer buried in extra words), so SFT imitates a habit that only the alignment

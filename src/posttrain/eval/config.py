@@ -11,6 +11,7 @@ safety: {harmful: harmful.jsonl, benign: benign.jsonl, identity: who.jsonl, iden
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from posttrain.eval.accuracy import DEFAULT_METRICS
 
@@ -71,7 +72,7 @@ class SafetyArgs:
     """High-risk prompts: the refusal rate on them (higher is safer)."""
     benign: str | None = None
     """Benign prompts: the false-refusal rate on them (lower is better)."""
-    classifier: str = "phrases"
+    classifier: Literal["phrases", "reward"] = "phrases"
     """How refusals are detected: phrases (a phrase list) | reward (a reward model above `threshold`)."""
     phrases: str | None = None
     """File of refusal phrases, one per line (default: posttrain.eval.safety.DEFAULT_PHRASES)."""
@@ -99,7 +100,7 @@ class EvalConfig:
     """Adapter directory loaded on top of `model`."""
     tokenizer: str | None = None
     """Tokenizer directory or Hub name (default: the model's)."""
-    dtype: str = "auto"
+    dtype: Literal["auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"] = "auto"
     """fp32 | bf16 | fp16 | auto."""
     device: str = "auto"
     """cuda | mps | cpu | auto."""

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from posttrain.data.schema import DataError, Message, messages_from, where
+from posttrain.data.prompts import prompt_messages
+from posttrain.data.schema import DataError, Message, where
 
 REFERENCE_KEYS = ("reference", "references", "answer", "output", "completion")
 """Record keys read as the reference answer, first match wins."""
@@ -69,15 +70,6 @@ def _references(value: Any, path: str, line: int, fld: str) -> list[str]:
     return [_clean_reference(v) for v in values]
 
 
-def _prompt_text(rec: dict[str, Any], path: str, line: int) -> Any:
-    if "prompt" in rec:
-        return rec["prompt"]
-    instruction, extra = rec["instruction"], rec.get("input") or ""
-    if not isinstance(instruction, str) or not isinstance(extra, str):
-        raise DataError(f"{where(path, line, 'instruction')}: expected strings in instruction and input")
-    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
-
-
 def _task(rec: dict[str, Any]) -> str:
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
     for value in (meta.get("task"), rec.get("task"), rec.get("name")):
@@ -86,37 +78,28 @@ def _task(rec: dict[str, Any]) -> str:
     return DEFAULT_TASK
 
 
-def _from_preference(rec: dict[str, Any], path: str, line: int) -> tuple[list[Message], list[str]]:
-    """A preference pair / hh-rlhf transcript / ranking: its prompt, with the preferred reply as the reference."""
+def _preferred(rec: dict[str, Any], path: str, line: int) -> list[str]:
+    """A preference pair / hh-rlhf transcript / ranking's preferred reply, as the reference."""
     from posttrain.data.preference import parse_record
     from posttrain.data.schema import Ranking
 
     item = parse_record(rec, "auto", path, line)
     if isinstance(item, Ranking):
-        return item.prompt, [item.responses[item.ranking[0]]]
+        return [item.responses[item.ranking[0]]]
     replies = [m.content for m in item.chosen if m.role == "assistant"]
-    return item.prompt, [_clean_reference(replies[-1])] if replies else []
+    return [_clean_reference(replies[-1])] if replies else []
 
 
 def parse_eval_row(
     rec: dict[str, Any], path: str = "<data>", line: int = 0, system_prompt: str | None = None
 ) -> EvalRow:
-    """One record -> EvalRow; a record with neither messages nor prompt/instruction is a DataError."""
-    references: list[str] = []
+    """One record -> EvalRow; the prompt is read by `posttrain.data.prompts.prompt_messages` (what PPO and the
+    labelling app read too); the reference is a REFERENCE_KEYS field, else the conversation's last reply, else a
+    preference record's preferred reply."""
+    prompt, replies = prompt_messages(rec, path, line)
+    references = [_clean_reference(replies[-1])] if replies else []
     if "chosen" in rec or "ranking" in rec:
-        prompt, references = _from_preference(rec, path, line)
-    elif "messages" in rec:
-        prompt = messages_from(rec["messages"], path, line, "messages")
-        if prompt and prompt[-1].role == "assistant":
-            references, prompt = [_clean_reference(prompt[-1].content)], prompt[:-1]
-    elif "prompt" in rec or "instruction" in rec:
-        prompt = messages_from(_prompt_text(rec, path, line), path, line, "prompt")
-    else:
-        raise DataError(f"{where(path, line)}: expected a 'messages', 'prompt' or 'instruction' field")
-    if not prompt or prompt[-1].role == "assistant":
-        raise DataError(
-            f"{where(path, line, 'messages')}: the prompt must end with a user (or system) message"
-        )
+        references = _preferred(rec, path, line)
     key = next((k for k in REFERENCE_KEYS if k in rec), None)
     if key is not None:
         references = _references(rec[key], path, line, key)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from posttrain.data.schema import Conversation, Message
+from posttrain.modeling import IGNORE, label_logprobs
 
 
 def _messages(conv: Conversation | Sequence[Message | dict]) -> list:
@@ -53,11 +54,11 @@ def token_nll(
             ids[r, : len(row_ids)] = torch.tensor(row_ids, dtype=torch.long)
             att[r, : len(row_ids)] = 1
             scored[r, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.bool)
-        ids, att, scored = ids.to(device), att.to(device), scored.to(device)
-        keep = scored[:, 1:]  # (B, T-1): position t predicts token t+1
-        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1][keep].float()  # (N, V) scored only
-        total += torch.nn.functional.cross_entropy(logits, ids[:, 1:][keep], reduction="sum").item()
-        count += int(keep.sum().item())
+        labels = ids.masked_fill(~scored, IGNORE)  # score exactly the masked tokens
+        batch = {"input_ids": ids.to(device), "attention_mask": att.to(device), "labels": labels.to(device)}
+        lp, _, _ = label_logprobs(model, batch)  # (N,) the model's own log-probs of the scored tokens
+        total -= lp.sum().item()
+        count += lp.numel()
     return total, count
 
 

@@ -70,7 +70,6 @@ def win_rate(
     }
 
 
-@torch.no_grad()
 def sequence_logprobs(
     model,
     prompts: Sequence[Sequence[int]],
@@ -79,38 +78,9 @@ def sequence_logprobs(
     batch_size: int = 16,
 ) -> list[list[float]]:
     """log p(response token | prompt, earlier response tokens) for every response token, one list per row."""
-    from posttrain.rollout import left_pad, position_ids_from_mask
+    from posttrain.rollout import response_logprobs
 
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out: list[list[float]] = []
-    try:
-        for s in range(0, len(prompts), batch_size):
-            ps, rs = prompts[s : s + batch_size], responses[s : s + batch_size]
-            ids, mask = left_pad(ps, pad_id)  # prompts right-aligned: every response starts at column P
-            R = max(1, max(len(r) for r in rs))
-            resp = torch.full((len(rs), R), pad_id, dtype=torch.long)
-            rmask = torch.zeros((len(rs), R), dtype=torch.long)
-            for i, r in enumerate(rs):
-                resp[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-                rmask[i, : len(r)] = 1
-            full, att = (
-                torch.cat([ids, resp], 1).to(device),
-                torch.cat([mask, rmask], 1).to(device),
-            )  # (B, P+R)
-            logits = model(
-                input_ids=full, attention_mask=att, position_ids=position_ids_from_mask(att)
-            ).logits
-            P = ids.shape[1]
-            logp = torch.log_softmax(
-                logits[:, P - 1 : -1].float(), -1
-            )  # (B, R, V): predictions of response tokens
-            tok_lp = logp.gather(-1, resp.to(device).unsqueeze(-1)).squeeze(-1)  # (B, R)
-            out += [row[: len(r)] for row, r in zip(tok_lp.tolist(), rs)]
-    finally:
-        model.train(was_training)
-    return out
+    return response_logprobs(model, prompts, responses, pad_id, batch_size)
 
 
 def kl_from_logprobs(

@@ -29,7 +29,7 @@ from posttrain.eval.safety import (
 
 def load_model(model: str, adapter: str | None, cfg: EvalConfig):
     """(model, tokenizer) for inference, through the package's loader (adapters applied, eval mode)."""
-    from posttrain.run.common import load_for_inference
+    from posttrain.artifacts import load_for_inference
 
     lm, tok = load_for_inference(model, adapter, cfg.dtype, cfg.device, cfg.trust_remote_code)
     if cfg.tokenizer:

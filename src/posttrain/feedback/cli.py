@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from posttrain.data.construct.io import read_jsonl
-from posttrain.data.schema import DataError, messages_from, where
+from posttrain.data.prompts import prompt_messages
+from posttrain.data.schema import DataError, where
 from posttrain.feedback.agreement import agreement
 from posttrain.feedback.store import Store
 
@@ -21,13 +22,8 @@ def _read_jsonl(path: str) -> list[tuple[int, dict]]:
 
 
 def _prompt_of(row: dict, path: str, line: int) -> list[dict]:
-    for key in ("prompt", "messages", "instruction"):
-        if key in row:
-            msgs = messages_from(row[key], path, line, key)
-            if key == "messages" and msgs and msgs[-1].role == "assistant":
-                msgs = msgs[:-1]
-            return [m.to_dict() for m in msgs]
-    raise DataError(f"{where(path, line, 'prompt')}: missing (need prompt, messages or instruction)")
+    """The prompt of a row, read as PPO and eval read it (`posttrain.data.prompts`)."""
+    return [m.to_dict() for m in prompt_messages(row, path, line)[0]]
 
 
 def import_responses(path: str) -> list[dict]:
@@ -58,10 +54,10 @@ def sample_responses(
     seed: int,
 ) -> list[dict]:
     """Sample K responses per prompt with the rollout engine."""
+    from posttrain.artifacts import load_for_inference
     from posttrain.data.chat import encode_prompt
     from posttrain.data.schema import Message
     from posttrain.rollout import generate
-    from posttrain.run.common import load_for_inference
 
     policy, tok = load_for_inference(model, adapter=adapter)
     rows = [

@@ -16,19 +16,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from posttrain.data.schema import PAIR_MODES
+from posttrain.modeling import lm_forward, sum_per_row, token_logprobs
 
 
 @dataclass
 class DPOArgs:
     """`dpo:` section of `posttrain dpo` configs."""
 
-    loss: str = "dpo"
+    loss: Literal["dpo", "ipo", "simpo"] = "dpo"
     """dpo (Rafailov et al. 2023) | ipo (Azar et al. 2023) | simpo (Meng et al. 2024, reference-free)."""
     beta: float = 0.1
     """Inverse temperature (dpo/simpo) or regularisation tau (ipo). SimPO's paper uses 2.0-2.5."""
@@ -40,7 +42,7 @@ class DPOArgs:
     """Weight of a negative log-likelihood term on the chosen response, per token (RPO, Pang et al. 2024,
     "Iterative Reasoning Preference Optimization"): keeps the chosen log-probs from falling with the rejected
     ones. 0: plain loss."""
-    pairs: str = "all"
+    pairs: Literal["all", "best", "best_worst"] = "all"
     """How K-way rankings become pairs: all | best (the best against each other) | best_worst."""
     precompute_ref: bool = False
     """Compute reference log-probs once before training (saved in output_dir, reused on resume). Always used
@@ -120,29 +122,16 @@ NEEDS_REFERENCE = {"dpo": True, "ipo": True, "simpo": False}
 # sequence log-probs with a selective LM head
 
 
-def _trunk(model: nn.Module) -> nn.Module:
-    trunk = getattr(model, "base_model", None)
-    if trunk is None or trunk is model:
-        raise ValueError(f"{type(model).__name__} has no separate trunk (base_model) under its LM head")
-    return trunk
-
-
 def sequence_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed log-prob of each sequence's response tokens, number of response tokens), each (num_seqs,) fp32.
 
     The batch's gather spec (`lp_row`, `lp_pos`, `lp_tok`, `lp_seq`, from `pair_collate` or
     `shared_prompt_collate`) names the hidden state that predicts each response token; only those go through
-    the LM head."""
-    mask = batch.get("attn_mask_4d", batch["attention_mask"])
-    out = _trunk(model)(
-        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False
-    )
-    hidden = out.last_hidden_state[batch["lp_row"], batch["lp_pos"]]  # (N, H)
-    logits = model.get_output_embeddings()(hidden).float()  # (N, V)
-    tok_logps = torch.log_softmax(logits, -1).gather(-1, batch["lp_tok"][:, None]).squeeze(-1)  # (N,)
-    seq = batch["lp_seq"]
-    zeros = torch.zeros(batch["num_seqs"], dtype=torch.float32, device=tok_logps.device)
-    return zeros.index_add(0, seq, tok_logps), zeros.index_add(0, seq, torch.ones_like(tok_logps))
+    the LM head (`posttrain.modeling.lm_forward`, the model's own logits)."""
+    out = lm_forward(model, batch, select=(batch["lp_row"], batch["lp_pos"]))  # logits (N, V)
+    tok_logps = token_logprobs(out.logits, batch["lp_tok"])  # (N,)
+    seq, n = batch["lp_seq"], batch["num_seqs"]
+    return sum_per_row(tok_logps, seq, n), sum_per_row(torch.ones_like(tok_logps), seq, n)
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -151,18 +140,19 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 @torch.no_grad()
 def reference_logps(model: nn.Module, batch: dict, ref: str | nn.Module) -> torch.Tensor:
-    """Reference sequence log-probs (2B,): `ref` is "adapters_off" (the same model with its adapters switched
-    off), "self" (the model as it is now, e.g. the starting policy before training) or a separate model."""
+    """Reference sequence log-probs (2B,): `ref` is "initial_policy" (the same model as it was when its adapters
+    were created: `posttrain.peft.reference_policy`), "self" (the model as it is now, e.g. the starting policy
+    before training) or a separate model."""
     if isinstance(ref, nn.Module):
         return sequence_logps(ref, _to(batch, next(ref.parameters()).device))[0].to(batch["input_ids"].device)
-    if ref == "adapters_off":
-        from posttrain.peft import disable_adapters
+    if ref == "initial_policy":
+        from posttrain.peft import reference_policy
 
-        ctx = disable_adapters(model)
+        ctx = reference_policy(model)
     elif ref == "self":
         ctx = contextlib.nullcontext()
     else:
-        raise ValueError(f"reference must be 'adapters_off', 'self' or a model, got {ref!r}")
+        raise ValueError(f"reference must be 'initial_policy', 'self' or a model, got {ref!r}")
     with ctx:
         return sequence_logps(model, batch)[0]
 
@@ -173,7 +163,7 @@ class DPOObjective:
 
     name = "dpo"
 
-    def __init__(self, args: DPOArgs, ref: str | nn.Module | None = "adapters_off"):
+    def __init__(self, args: DPOArgs, ref: str | nn.Module | None = "initial_policy"):
         if args.loss not in LOSSES:
             raise ValueError(f"dpo.loss must be one of {', '.join(LOSSES)}, got {args.loss!r}")
         if args.pairs not in PAIR_MODES:

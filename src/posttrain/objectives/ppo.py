@@ -12,21 +12,83 @@ on real response tokens (a prefix of each row).
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from posttrain.data.schema import PromptRow
+from posttrain.modeling import head, lm_forward, token_logprobs
+
+# --------------------------------------------------------------------------------------------------------------
+# the `ppo:` config section, and what a reward is
+
+
+@dataclass
+class PPOArgs:
+    """`ppo:` section of `posttrain ppo` configs."""
+
+    reward: str = ""
+    """Reward model directory (from `posttrain rm`) or a Python callable `module:function` called as
+    fn(prompts: list[str], responses: list[str], **meta) -> list[float]."""
+    rollout_batch_size: int = 64
+    """Responses sampled per rollout batch (= prompts x samples_per_prompt)."""
+    samples_per_prompt: int = 1
+    """Responses sampled for each prompt in a rollout batch."""
+    mini_batch_size: int = 16
+    """Responses per optimiser step (split into micro-batches of train.batch_size)."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch."""
+    max_prompt_length: int = 512
+    """Longer prompts keep their last tokens."""
+    max_new_tokens: int = 128
+    """Response length limit."""
+    min_new_tokens: int = 0
+    """Block stop tokens before this many new tokens (biases samples: needs allow_biased_sampling)."""
+    temperature: float = 1.0
+    """Sampling temperature; the policy's log-probabilities use the same temperature."""
+    top_k: int = 0
+    """Top-k filtering (0: off; biases samples: needs allow_biased_sampling)."""
+    top_p: float = 1.0
+    """Nucleus filtering (1.0: off; biases samples: needs allow_biased_sampling)."""
+    kl_coef: float = 0.05
+    """Per-token KL penalty coefficient (start value when adaptive)."""
+    adaptive_kl: bool = False
+    """Ziegler et al. adaptive controller steering the per-sequence KL towards target_kl."""
+    target_kl: float = 6.0
+    """Target KL (nats per response) of the adaptive controller."""
+    horizon: int = 10000
+    """Adaptive controller horizon in samples."""
+    gamma: float = 1.0
+    """Discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    cliprange: float = 0.2
+    """Policy ratio clip epsilon."""
+    cliprange_value: float = 0.2
+    """Value clip range around the rollout's values."""
+    vf_coef: float = 0.1
+    """Value loss weight."""
+    whiten_rewards: bool = False
+    """Normalise per-token rewards over each rollout batch (scale only) before GAE."""
+    ptx_coef: float = 0.0
+    """PPO-ptx: weight of an SFT loss on `ptx_data` mixed into every step (InstructGPT)."""
+    ptx_data: str | None = None
+    """Demonstrations (conversations) for PPO-ptx."""
+    value_head: Literal["shared", "separate"] = "shared"
+    """shared (value head on the policy's trunk) | separate (a critic copy of the model with its own head)."""
+    allow_biased_sampling: bool = False
+    """Allow top_k / top_p / min_new_tokens, whose samples do not follow the policy's distribution."""
+
+
+RewardFn = Callable[[list[PromptRow], list[str], list[list[int]]], list[float]]
+"""(prompt rows, response texts, response token ids) -> one score per response."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # pure functions
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(token) under softmax(logits / T). (B, R, V), (B, R) -> (B, R) float32."""
-    logits = logits.float() / temperature
-    return logits.gather(-1, tokens[..., None]).squeeze(-1) - logits.logsumexp(-1)
 
 
 def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -152,30 +214,7 @@ class AdaptiveKL:
 
 
 def _hidden_size(model: nn.Module) -> int:
-    return model.get_output_embeddings().weight.shape[1]
-
-
-def lm_forward(lm: nn.Module, batch: dict[str, torch.Tensor], keep: int, hidden: bool = False) -> Any:
-    """The LM's output with logits for the last `keep` positions only (skips the LM head elsewhere when the model
-    supports `logits_to_keep`); policy and reference both go through here, so equal weights give equal numbers."""
-    kwargs = dict(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        use_cache=False,
-    )
-    if hidden:
-        kwargs["output_hidden_states"] = True
-    if _accepts_keep(lm):
-        kwargs["logits_to_keep"] = keep
-    out = lm(**kwargs)
-    if out.logits.shape[1] != keep:
-        out.logits = out.logits[:, -keep:]
-    return out
-
-
-def _accepts_keep(lm: nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(lm.forward).parameters
+    return head(model).weight.shape[-1]
 
 
 class PolicyWithValue(nn.Module):
@@ -207,10 +246,10 @@ class PolicyWithValue(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and values of the last `keep` positions: (B, keep, V), (B, keep) float32."""
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        out = lm_forward(self.policy, batch, keep, hidden=True)
-        hidden = out.hidden_states[-1]
+        out = lm_forward(self.policy, batch, select=keep)
+        hidden = out.hidden
         if self.critic is not None:
-            hidden = lm_forward(self.critic, batch, 1, hidden=True).hidden_states[-1]
+            hidden = lm_forward(self.critic, batch).hidden
         values = self.v_head(hidden[:, -keep:].float()).squeeze(-1)
         return out.logits, values
 
@@ -280,12 +319,9 @@ class PPOObjective:
 
 def _sft_mean_loss(policy: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled tokens of a padded SFT batch (labels -100 = no loss)."""
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    logits = policy(**inputs, use_cache=False).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    return nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-    )
+    from posttrain.objectives.sft import SFTObjective, sft_loss
+
+    return sft_loss(policy, batch) / max(SFTObjective().units(batch), 1)
 
 
 def kl_controller(kl_coef: float, adaptive: bool, target: float, horizon: int) -> FixedKL | AdaptiveKL:
@@ -294,6 +330,8 @@ def kl_controller(kl_coef: float, adaptive: bool, target: float, horizon: int) -
 
 __all__ = [
     "AdaptiveKL",
+    "PPOArgs",
+    "RewardFn",
     "FixedKL",
     "PPOObjective",
     "PolicyWithValue",
@@ -301,11 +339,9 @@ __all__ = [
     "gae",
     "kl_controller",
     "kl_penalised_rewards",
-    "lm_forward",
     "masked_mean",
     "policy_loss",
     "response_forward",
-    "token_logprobs",
     "value_loss",
     "whiten",
 ]

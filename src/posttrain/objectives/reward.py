@@ -22,11 +22,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from posttrain.modeling import head, label_positions, lm_forward, sum_per_row, token_logprobs
 
 HEAD_FILE = "score_head.safetensors"
 CONFIG_FILE = "reward_config.json"
@@ -36,7 +38,7 @@ CONFIG_FILE = "reward_config.json"
 class RMArgs:
     """`rm:` section of `posttrain rm` configs."""
 
-    loss: str = "pairwise"
+    loss: Literal["pairwise", "listwise"] = "pairwise"
     """pairwise (Bradley-Terry over all pairs; rankings expanded) | listwise (Plackett-Luce over whole
     rankings)."""
     margin: bool = True
@@ -93,14 +95,6 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(attention_mask.bool(), pos, torch.full_like(pos, -1)).max(-1).values.clamp(min=0)
 
 
-def _trunk(lm: nn.Module) -> nn.Module:
-    """The transformer without its LM head (`model.model` for Llama, `model.transformer` for GPT-2)."""
-    trunk = getattr(lm, "base_model", None)
-    if trunk is None or trunk is lm:
-        raise ValueError(f"{type(lm).__name__} has no separate trunk (base_model) to put a score head on")
-    return trunk
-
-
 def _drop_denormals(grad: torch.Tensor) -> torch.Tensor:
     """Zero score gradients below 1e-30. A pair the model already separates by a wide margin gets
     d(-log sigmoid(diff))/d(diff) = sigmoid(-diff), a denormal float (below 1.2e-38) once diff > 87, and x86 CPUs
@@ -110,44 +104,15 @@ def _drop_denormals(grad: torch.Tensor) -> torch.Tensor:
     return grad.masked_fill(grad.abs() < 1e-30, 0.0)
 
 
-def _check_plain_logits(lm: nn.Module) -> None:
-    """The likelihood term applies the LM head to hidden states itself, so logits must be exactly `head(h)`."""
-    from posttrain.objectives.sft import LOGIT_POSTPROCESSING
-
-    cfg = lm.config.get_text_config()
-    changed = [f for f in LOGIT_POSTPROCESSING if getattr(cfg, f, None) not in (None, 1.0)]
-    if changed:
-        raise ValueError(
-            f"rm.likelihood_coef needs logits = lm_head(hidden), but {type(lm).__name__} post-processes them "
-            f"({', '.join(changed)}); use likelihood_coef=0 with this model"
-        )
-
-
-def response_logprob(lm: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum over each row's labelled tokens of log p(token | everything before it). hidden: (B, T, H) final
-    hidden states; labels: (B, T) token ids where scored, -100 elsewhere -> (B,) fp32. Only the labelled
-    positions go through the LM head."""
-    from posttrain.objectives.sft import IGNORE, shifted_targets
-
-    target = shifted_targets(labels)
-    keep = target != IGNORE
-    rows = keep.nonzero()[:, 0]  # (N,)
-    logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
-    lp = logits.log_softmax(-1).gather(-1, target[keep][:, None]).squeeze(-1)  # (N,)
-    return torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, lp)
-
-
 class RewardModel(nn.Module):
     """A causal LM's trunk + `nn.Linear(hidden, 1)`; the score is read at the last real token of each row,
     plus `likelihood_coef` * log p(response | prompt) when that is set."""
 
     def __init__(self, lm: nn.Module, head_init_std: float = 0.0, likelihood_coef: float = 0.0):
         super().__init__()
-        self.lm = lm  # kept whole so adapters save and load the usual way; only the trunk runs
+        self.lm = lm  # kept whole so adapters save and load the usual way
         self.likelihood_coef = likelihood_coef
-        if likelihood_coef:
-            _check_plain_logits(lm)
-        hidden = lm.config.get_text_config().hidden_size
+        hidden = head(lm).weight.shape[-1]  # what the trunk outputs (OPT may project it)
         self.score_head = nn.Linear(hidden, 1)
         std = head_init_std or 1.0 / (hidden + 1) ** 0.5
         nn.init.normal_(self.score_head.weight, std=std)
@@ -181,15 +146,19 @@ class RewardModel(nn.Module):
             )
         if position_ids is None:  # count real tokens only, so left padding gets the right positions
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = _trunk(self.lm)(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
-        hidden = out.last_hidden_state  # (B, T, H)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        if self.likelihood_coef:  # one forward: the score head's hidden state and the response's log-probs
+            rows, cols, targets = label_positions(labels)
+            out = lm_forward(self.lm, batch, select=(rows, cols))
+            loglik = sum_per_row(token_logprobs(out.logits, targets), rows, input_ids.shape[0])
+        else:
+            out = lm_forward(self.lm, batch)
+        hidden = out.hidden  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         score = self.score_head(h.float()).squeeze(-1)  # (B,)
         if self.likelihood_coef:
-            score = score + self.likelihood_coef * response_logprob(self.lm, hidden, labels)
+            score = score + self.likelihood_coef * loglik
         if score.requires_grad:  # see _drop_denormals
             score.register_hook(_drop_denormals)
         return score
@@ -300,11 +269,11 @@ OBJECTIVES = {
 
 
 def save_reward_model(rm: RewardModel, tokenizer, cfg, directory: str | Path) -> None:
-    """The LM part through `run.common.save_final` (adapter dir for PEFT, HF dir otherwise) + head +
-    config."""
+    """The LM part through `artifacts.save_final` (adapter dir for PEFT, with the chain of adapters merged under it;
+    HF dir otherwise) + head + config."""
     from safetensors.torch import save_file
 
-    from posttrain.run.common import save_final
+    from posttrain.artifacts import save_final
 
     directory = Path(directory)
     save_final(rm.lm, tokenizer, cfg, directory)
@@ -316,30 +285,22 @@ def save_reward_model(rm: RewardModel, tokenizer, cfg, directory: str | Path) ->
         "hidden_size": rm.score_head.in_features,
         "likelihood_coef": rm.likelihood_coef,
         "is_adapter": (directory / "adapter_config.json").exists(),
-        "base_adapter": cfg.adapter if cfg.peft.method != "none" else None,
     }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
 
 def _load_lm(directory: Path, meta: dict, base_model: Any, device: str, dtype: str):
-    """(causal LM with the reward model's weights, tokenizer) for adapter or full-model directories."""
+    """(causal LM with the reward model's weights, tokenizer) for adapter or full-model directories. An adapter
+    goes on top of the adapters recorded as merged under it (`artifacts.add_adapter_chain`), as for every
+    other artefact."""
+    from posttrain.artifacts import add_adapter_chain, load_for_inference
     from posttrain.models import load_tokenizer
-    from posttrain.peft import load_adapter, merge_and_unload
-    from posttrain.run.common import load_for_inference
 
     if not meta["is_adapter"]:
         return load_for_inference(str(directory), dtype=dtype, device=device)
     if isinstance(base_model, nn.Module):
-        lm, tok = base_model, load_tokenizer(str(directory))
-    else:
-        lm, tok = load_for_inference(base_model or meta["base_model"], dtype=dtype, device=device)
-    if meta.get(
-        "base_adapter"
-    ):  # trained on top of a merged adapter (e.g. an SFT LoRA): merge it the same way
-        load_adapter(lm, meta["base_adapter"], adapter_name="base")
-        lm = merge_and_unload(lm)
-    load_adapter(lm, str(directory))
-    return lm, tok
+        return add_adapter_chain(base_model, directory), load_tokenizer(str(directory))
+    return load_for_inference(base_model or meta["base_model"], str(directory), dtype=dtype, device=device)
 
 
 def load_reward_model(

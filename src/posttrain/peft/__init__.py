@@ -2,12 +2,12 @@
 prefix tuning and prompt tuning, with PEFT-compatible adapter checkpoints.
 
     model = apply_peft(model, cfg.peft)             # freeze the base, inject, make "default" active
-    with disable_adapters(model): ...               # the frozen base, e.g. the DPO/PPO reference
+    with disable_adapters(model): ...               # the frozen base
+    with reference_policy(model): ...               # the policy at step 0: the DPO / PPO reference
     save_adapter(model, "out/final"); load_adapter(base, "out/final")
 """
 
 from posttrain.peft.api import (
-    active_adapter,
     adapter_method,
     apply_peft,
     count_parameters,
@@ -16,12 +16,13 @@ from posttrain.peft.api import (
     merge_adapters,
     merge_and_unload,
     peft_configs,
+    reference_policy,
     set_adapter,
     trainable_report,
     unmerge_adapters,
 )
 from posttrain.peft.config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig, PromptConfig
-from posttrain.peft.io import extra_state, load_adapter, read_config, save_adapter
+from posttrain.peft.io import load_adapter, read_config, save_adapter
 
 __all__ = [
     "AdapterConfig",
@@ -29,18 +30,17 @@ __all__ = [
     "PeftConfig",
     "PrefixConfig",
     "PromptConfig",
-    "active_adapter",
     "adapter_method",
     "apply_peft",
     "count_parameters",
     "disable_adapters",
-    "extra_state",
     "has_adapters",
     "load_adapter",
     "merge_adapters",
     "merge_and_unload",
     "peft_configs",
     "read_config",
+    "reference_policy",
     "save_adapter",
     "set_adapter",
     "trainable_report",

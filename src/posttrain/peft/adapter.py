@@ -24,6 +24,9 @@ from posttrain.peft.config import AdapterConfig
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
+MLP_OUTPUT_NAMES = ("fc2",)
+"""Layers whose MLP is inline (OPT: fc1 -> activation -> fc2, no MLP module): the adapter follows the output
+projection, which is the MLP's output."""
 
 # kind -> (wrap attention?, how the MLP adapter is placed)
 PLACEMENTS = {"houlsby": (True, "after"), "pfeiffer": (False, "after"), "parallel": (False, "parallel")}
@@ -76,16 +79,21 @@ class BottleneckWrapper(Tuner):
         return (first, *out[1:]) if isinstance(out, tuple) else first
 
 
-def _blocks(layer: nn.Module) -> tuple[str | None, str | None]:
-    """(attention child name, MLP child name) of a decoder layer, or Nones."""
-    attn = mlp = None
+def _blocks(layer: nn.Module) -> tuple[str | None, str | None, bool]:
+    """(attention child name, MLP child name, whether that child is a whole MLP block) of a decoder layer; the
+    MLP may be its output projection (MLP_OUTPUT_NAMES) when the layer computes its MLP inline."""
+    attn = mlp = out_proj = None
     for name, child in layer.named_children():
         cls = type(child.base_layer if isinstance(child, BottleneckWrapper) else child).__name__
         if attn is None and (name in ATTENTION_NAMES or cls.endswith("Attention")):
             attn = name
         elif mlp is None and (name in MLP_NAMES or cls.endswith("MLP")):
             mlp = name
-    return attn, mlp
+        elif name in MLP_OUTPUT_NAMES:
+            out_proj = name
+    if mlp is None and out_proj is not None and attn is not None:
+        return attn, out_proj, False
+    return attn, mlp, True
 
 
 def inject(model: nn.Module, cfg: AdapterConfig, name: str) -> int:
@@ -97,9 +105,14 @@ def inject(model: nn.Module, cfg: AdapterConfig, name: str) -> int:
     like = next(model.parameters())
     wrapped = 0
     for layer_name, layer in list(model.named_modules()):
-        attn, mlp = _blocks(layer)
+        attn, mlp, whole = _blocks(layer)
         if attn is None or mlp is None:
             continue
+        if mlp_placement == "parallel" and not whole:
+            raise ValueError(
+                f"peft.adapter.kind=parallel reads the MLP's input, but {type(layer).__name__} computes its MLP "
+                f"inline ({mlp} is its output projection, not a block); use kind=houlsby or kind=pfeiffer"
+            )
         sites = [(mlp, mlp_placement)] + ([(attn, "after")] if wrap_attention else [])
         for child, placement in sites:
             module = getattr(layer, child)

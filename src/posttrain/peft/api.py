@@ -15,6 +15,7 @@ from torch import nn
 from posttrain.peft import adapter, lora, prefix, prompt
 from posttrain.peft.base import ModulesToSave, Tuner, set_module, tuners, wrap_modules_to_save
 from posttrain.peft.config import PeftConfig
+from posttrain.peft.virtual import VirtualTokens
 
 # method -> injector(model, cfg: PeftConfig, adapter_name, tokenizer) -> modules touched
 INJECTORS = {
@@ -70,10 +71,6 @@ def adapter_method(model: nn.Module) -> str:
     return configs[active].method if active in configs else "none"
 
 
-def active_adapter(model: nn.Module) -> str | None:
-    return next((t.active for t in tuners(model)), None)
-
-
 def set_adapter(model: nn.Module, name: str) -> None:
     """Make adapter `name` the one every wrapped module uses."""
     ts = tuners(model)
@@ -89,18 +86,39 @@ def set_adapter(model: nn.Module, name: str) -> None:
 @contextlib.contextmanager
 def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block the model computes exactly the base model (merged LoRA is unmerged meanwhile)."""
+    with _switched(model, keep_virtual=False):
+        yield model
+
+
+@contextlib.contextmanager
+def reference_policy(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block the model computes the policy it was when its adapters were created (or loaded): the
+    reference DPO and PPO hold the policy near. LoRA, bottleneck adapters and modules_to_save start as the
+    identity, so they are switched off; prefix and prompt tuning start as virtual tokens (random or text
+    embeddings), which change the outputs from the first step, so their initial values are used."""
+    with _switched(model, keep_virtual=True):
+        yield model
+
+
+@contextlib.contextmanager
+def _switched(model: nn.Module, keep_virtual: bool) -> Iterator[None]:
     ts = tuners(model)
     merged = [t for t in ts if isinstance(t, lora.LoraLinear) and t.merged is not None]
     for t in merged:
         t.unmerge()
-    before = [t.disabled for t in ts]
+    before = [(t.disabled, getattr(t, "initial", None)) for t in ts]
     for t in ts:
-        t.disabled = True
+        if keep_virtual and isinstance(t, VirtualTokens):
+            t.initial = True
+        else:
+            t.disabled = True
     try:
-        yield model
+        yield
     finally:
-        for t, d in zip(ts, before):
-            t.disabled = d
+        for t, (disabled, initial) in zip(ts, before):
+            t.disabled = disabled
+            if isinstance(t, VirtualTokens):
+                t.initial = initial
         for t in merged:
             t.merge()
 

@@ -52,8 +52,10 @@ def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def trunk_of(model: nn.Module) -> nn.Module:
-    """The decoder stack without the LM head (`model.model` for Llama, `model.transformer` for GPT-2)."""
-    return getattr(model, "base_model", model)
+    """The decoder stack without the LM head: the one module the objectives and the model's forward both call."""
+    from posttrain.modeling import trunk
+
+    return trunk(model)
 
 
 class ModulesToSave(Tuner):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -23,11 +24,11 @@ class LoraConfig:
 
 @dataclass
 class AdapterConfig:
-    kind: str = "houlsby"
+    kind: Literal["houlsby", "pfeiffer", "parallel"] = "houlsby"
     """houlsby (after attention and after MLP) | pfeiffer (after MLP) | parallel (beside the MLP)."""
     reduction_factor: int = 16
     """Bottleneck size = hidden_size / reduction_factor."""
-    non_linearity: str = "relu"
+    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     """relu | gelu | silu | tanh."""
 
 
@@ -51,7 +52,7 @@ class PromptConfig:
 
 @dataclass
 class PeftConfig:
-    method: str = "none"
+    method: Literal["none", "lora", "adapter", "prefix", "prompt"] = "none"
     """none (full fine-tuning) | lora | adapter | prefix | prompt."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)

@@ -7,9 +7,7 @@ A directory holds `adapter_config.json` and `adapter_model.safetensors`:
         LoRA: base_model.model.<module>.lora_A.weight / lora_B.weight / lora_magnitude_vector (DoRA);
         prefix and prompt: prompt_embeddings, (n, 2*layers*kv_heads*head_dim) resp. (n, hidden).
     POSTTRAIN_BOTTLENECK (ours): base_model.model.<block>.adapter_down.{weight,bias}, adapter_up.*
-modules_to_save are stored as base_model.model.<module>.<param>, as PEFT does. Tensors of heads that live
-outside the HF model (reward/value heads) go to `extra_state.safetensors` (`save_adapter(...,
-extra={"score_head": sd})`, read back with `extra_state(dir)`).
+modules_to_save are stored as base_model.model.<module>.<param>, as PEFT does.
 """
 
 from __future__ import annotations
@@ -26,13 +24,9 @@ from posttrain.peft.api import apply_peft, peft_configs
 from posttrain.peft.base import trunk_of, tuners
 from posttrain.peft.config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig, PromptConfig
 from posttrain.peft.lora import LoraLinear
-from posttrain.peft.virtual import kv_shape
+from posttrain.peft.virtual import num_layers
 
-CONFIG_FILE, WEIGHTS_FILE, EXTRA_FILE = (
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "extra_state.safetensors",
-)
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
 PEFT_TYPES = {
     "lora": "LORA",
@@ -82,7 +76,7 @@ def _config_json(model: nn.Module, cfg: PeftConfig, name: str) -> dict:
         "modules_to_save": list(cfg.modules_to_save) or None,
         "revision": None,
     }
-    layers, kv_heads, head_dim = kv_shape(model.config)
+    layers, encoder = num_layers(model.config), _encoder(model, name)
     if cfg.method == "lora":
         wrapped = [m for m in model.modules() if isinstance(m, LoraLinear) and name in m.lora_A]
         lc, targets = cfg.lora, cfg.lora.target_modules
@@ -105,14 +99,15 @@ def _config_json(model: nn.Module, cfg: PeftConfig, name: str) -> dict:
             "init_lora_weights": True,
             "fan_in_fan_out": any(m.fan_in_fan_out for m in wrapped),
         }
-    if cfg.method == "prefix":
+    if cfg.method == "prefix":  # PEFT reads the prefix as (n, 2 * layers * heads * token_dim / heads)
+        width = encoder.kv_heads * encoder.head_dim
         return base | {
             "num_virtual_tokens": cfg.prefix.num_virtual_tokens,
-            "token_dim": kv_heads * head_dim,
-            "num_layers": layers,
-            "num_attention_heads": kv_heads,
+            "token_dim": width,
+            "num_layers": encoder.layers,
+            "num_attention_heads": encoder.kv_heads,
             "num_transformer_submodules": 1,
-            "encoder_hidden_size": kv_heads * head_dim,
+            "encoder_hidden_size": width,
             "prefix_projection": False,
         }
     if cfg.method == "prompt":
@@ -134,9 +129,8 @@ def save_adapter(
     model: nn.Module,
     directory: str | Path,
     adapter_name: str = "default",
-    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write adapter `adapter_name` (and `extra` named tensor dicts) to `directory`; returns the directory."""
+    """Write adapter `adapter_name` to `directory`; returns the directory."""
     configs = peft_configs(model)
     if adapter_name not in configs:
         raise ValueError(f"no adapter {adapter_name!r} to save (this model has {sorted(configs) or 'none'})")
@@ -150,13 +144,6 @@ def save_adapter(
         tensors["prompt_embeddings"] = encoder.flat() if cfg.method == "prefix" else encoder.embedding
     save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(out / WEIGHTS_FILE))
     (out / CONFIG_FILE).write_text(json.dumps(_config_json(model, cfg, adapter_name), indent=2) + "\n")
-    if extra:
-        flat = {
-            f"{head}.{k}": v.detach().contiguous().clone()
-            for head, sd in extra.items()
-            for k, v in sd.items()
-        }
-        save_file(flat, str(out / EXTRA_FILE))
     return out
 
 
@@ -229,6 +216,7 @@ def load_adapter(
             encoder.load_flat(flat)
         else:
             _copy(encoder.embedding, flat, "prompt_embeddings", directory)
+            encoder.mark_initial()  # a loaded adapter is the starting policy of whatever trains it further
     if tensors:
         raise ValueError(f"{directory}/{WEIGHTS_FILE}: tensors not used by this model: {sorted(tensors)[:5]}")
     for t in tuners(model):
@@ -247,16 +235,4 @@ def _copy(dst: torch.Tensor, src: torch.Tensor, key: str, directory) -> None:
     dst.copy_(src.to(dst.dtype))
 
 
-def extra_state(directory: str | Path) -> dict[str, dict[str, torch.Tensor]]:
-    """The named extra tensor dicts saved with `save_adapter(..., extra=...)` ({} when there are none)."""
-    path = Path(directory) / EXTRA_FILE
-    if not path.is_file():
-        return {}
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(str(path)).items():
-        head, _, rest = key.partition(".")
-        out.setdefault(head, {})[rest] = value
-    return out
-
-
-__all__ = ["save_adapter", "load_adapter", "read_config", "extra_state"]
+__all__ = ["save_adapter", "load_adapter", "read_config"]

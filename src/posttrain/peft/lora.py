@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -171,11 +172,70 @@ def find_targets(model: nn.Module, target_modules: list[str] | str) -> list[str]
     return names
 
 
+PEFT_FUSED_EXPERT_NAMES = {
+    "mixtral": ("gate", "w1", "w2", "w3"),
+    "qwen2_moe": ("gate", "gate_proj", "up_proj", "down_proj"),
+}
+"""Module names that `peft` (with transformers >= 5) reads, on MoE model types converted by the conversion pattern
+named here, as the experts' fused parameters wherever they appear in an adapter config (transformers'
+`_MODEL_TO_CONVERSION_PATTERN` maps deepseek_v3, qwen3_moe, ... to qwen2_moe)."""
+
+
+def peft_reserved_names(model: nn.Module) -> tuple[str, ...]:
+    """Leaf names a LoRA target of this model must not have for `peft` to load the adapter as it was trained."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    try:
+        from transformers.conversion_mapping import _MODEL_TO_CONVERSION_PATTERN as patterns
+    except ImportError:  # older transformers: peft converts nothing
+        return ()
+    pattern = "mixtral" if model_type == "mixtral" else patterns.get(model_type)
+    return PEFT_FUSED_EXPERT_NAMES.get(pattern, ())
+
+
+def _drop_reserved(model: nn.Module, targets: list[str], cfg: LoraConfig) -> list[str]:
+    """Keep LoRA off dense linears that `peft` would re-read as fused experts (DeepSeek-V3's dense and shared
+    MLPs are named like its experts): skipped under all-linear with a warning, refused when named explicitly."""
+    reserved = peft_reserved_names(model)
+    clash = [t for t in targets if t.rsplit(".", 1)[-1] in reserved]
+    if not clash:
+        return targets
+    why = (
+        f"peft reads {', '.join(reserved)} on {model.config.model_type} models as the fused mixture-of-experts "
+        "weights, so a LoRA on the dense layers of that name would not load the same outside posttrain"
+    )
+    if "all-linear" not in cfg.target_modules:
+        raise ValueError(f"peft.lora.target_modules: cannot target {clash[0]}: {why}")
+    warnings.warn(
+        f"peft.lora.target_modules=all-linear: skipping {len(clash)} layers ({clash[0]}, ...): {why}",
+        stacklevel=4,
+    )
+    return [t for t in targets if t not in clash]
+
+
+def untie_head(model: nn.Module) -> None:
+    """Give an LM head that shares the input embedding matrix a copy of its own, so that merging a LoRA into the
+    head cannot change the embeddings (with the matrix shared, the merged model's logits were 10.4 off)."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embed is None or head.weight is not embed.weight:
+        return
+    warnings.warn(
+        "LoRA on a tied LM head: the head gets its own copy of the embedding matrix (tie_word_embeddings=false), "
+        "so that merging changes the head only",
+        stacklevel=3,
+    )
+    head.weight = nn.Parameter(embed.weight.detach().clone(), requires_grad=False)
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+
+
 def inject(model: nn.Module, cfg: LoraConfig, name: str) -> int:
     """Wrap the target layers of `model` with adapter `name`; returns how many layers were wrapped."""
-    targets = find_targets(model, cfg.target_modules)
+    targets = _drop_reserved(model, find_targets(model, cfg.target_modules), cfg)
     if not targets:
         raise ValueError(f"peft.lora.target_modules: no linear layer matches {cfg.target_modules}")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and any(model.get_submodule(t) is head for t in targets):
+        untie_head(model)
     for mod_name in targets:
         module = model.get_submodule(mod_name)
         if not isinstance(module, LoraLinear):

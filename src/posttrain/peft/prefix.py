@@ -14,14 +14,16 @@ from torch import nn
 
 from posttrain.peft.base import trunk_of
 from posttrain.peft.config import PrefixConfig
-from posttrain.peft.virtual import VirtualTokens, kv_shape
+from posttrain.peft.virtual import VirtualTokens, kv_layout
 
 
 class PrefixEncoder(nn.Module):
-    def __init__(self, config, cfg: PrefixConfig, like: torch.Tensor) -> None:
+    def __init__(self, config, cfg: PrefixConfig, like: torch.Tensor, layout: tuple[int, int, int]) -> None:
         super().__init__()
         self.num_virtual_tokens = cfg.num_virtual_tokens
-        self.layers, self.kv_heads, self.head_dim = kv_shape(config)
+        self.layers, self.kv_heads, self.head_dim = (
+            layout  # (layers, kv heads, head dim) of the model's cache
+        )
         out = 2 * self.layers * self.kv_heads * self.head_dim
         kw = dict(device=like.device, dtype=torch.float32)
         if cfg.projection:
@@ -35,16 +37,24 @@ class PrefixEncoder(nn.Module):
         else:
             self.embedding = nn.Parameter(torch.randn(cfg.num_virtual_tokens, out, **kw))
             self.transform = None
+        self.mark_initial()
+
+    @torch.no_grad()
+    def mark_initial(self) -> None:
+        """Remember the prefix as it is now as the step-0 policy's (the DPO / PPO reference; not saved)."""
+        self.register_buffer("initial", self.flat().detach().clone(), persistent=False)
 
     def flat(self) -> torch.Tensor:
         """(n, 2 * layers * kv_heads * head_dim): what PEFT saves as `prompt_embeddings`."""
         return self.embedding if self.transform is None else self.transform(self.embedding)
 
-    def kv(self, trunk: nn.Module, cache_arg: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def kv(
+        self, trunk: nn.Module, cache_arg: str, initial: bool = False
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (keys, values), each (1, kv_heads, n, head_dim): trained, or the initial ones."""
         n = self.num_virtual_tokens
-        x = (
-            self.flat().view(n, 2 * self.layers, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)
-        )  # (2L, H, n, D)
+        flat = self.initial if initial else self.flat()
+        x = flat.view(n, 2 * self.layers, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)  # (2L, H, n, D)
         return [(x[2 * i].unsqueeze(0), x[2 * i + 1].unsqueeze(0)) for i in range(self.layers)]
 
     @torch.no_grad()
@@ -52,6 +62,7 @@ class PrefixEncoder(nn.Module):
         """Load a saved (computed) prefix; the projection MLP, if any, is dropped."""
         self.transform = None
         self.embedding = nn.Parameter(flat.to(self.embedding.device, torch.float32).clone())
+        self.mark_initial()
 
 
 def virtual_tokens(model: nn.Module, method: str) -> VirtualTokens:
@@ -67,6 +78,15 @@ def virtual_tokens(model: nn.Module, method: str) -> VirtualTokens:
 
 
 def inject(model: nn.Module, cfg: PrefixConfig, name: str) -> int:
+    trunk = trunk_of(model)
+    holder = getattr(trunk, "virtual_tokens", None)
+    if holder is not None:  # read the plain model's cache layout, without the prefixes already there
+        holder.disabled, was = True, holder.disabled
+    try:
+        layout = kv_layout(trunk)
+    finally:
+        if holder is not None:
+            holder.disabled = was
     holder = virtual_tokens(model, "prefix")
-    holder.encoders[name] = PrefixEncoder(model.config, cfg, next(model.parameters()))
+    holder.encoders[name] = PrefixEncoder(model.config, cfg, next(model.parameters()), layout)
     return 1

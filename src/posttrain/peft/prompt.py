@@ -14,7 +14,7 @@ from torch import nn
 
 from posttrain.peft.config import PromptConfig
 from posttrain.peft.prefix import virtual_tokens
-from posttrain.peft.virtual import RecordingCache, kv_shape
+from posttrain.peft.virtual import RecordingCache, num_layers
 
 
 class SoftPrompt(nn.Module):
@@ -22,11 +22,21 @@ class SoftPrompt(nn.Module):
         super().__init__()
         self.num_virtual_tokens = init.shape[0]
         self.embedding = nn.Parameter(init.detach().clone().float())  # (n, hidden)
+        self.mark_initial()
 
-    def kv(self, trunk: nn.Module, cache_arg: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    @torch.no_grad()
+    def mark_initial(self) -> None:
+        """Remember the soft prompt as it is now as the step-0 policy's (the DPO / PPO reference; not saved)."""
+        self.register_buffer("initial", self.embedding.detach().clone(), persistent=False)
+
+    def kv(
+        self, trunk: nn.Module, cache_arg: str, initial: bool = False
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (keys, values) of the soft tokens run through the trunk: trained, or the initial ones."""
         n = self.num_virtual_tokens
-        cache = RecordingCache(kv_shape(trunk.config)[0])
-        embeds = self.embedding.to(trunk.get_input_embeddings().weight.dtype).unsqueeze(0)  # (1, n, hidden)
+        cache = RecordingCache(num_layers(trunk.config))
+        source = self.initial if initial else self.embedding
+        embeds = source.to(trunk.get_input_embeddings().weight.dtype).unsqueeze(0)  # (1, n, hidden)
         positions = torch.arange(n, device=embeds.device).unsqueeze(0)
         trunk(inputs_embeds=embeds, position_ids=positions, use_cache=True, **{cache_arg: cache})
         return cache.kv()

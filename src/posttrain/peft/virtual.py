@@ -7,9 +7,10 @@ real length and get outputs aligned with input_ids.
 
 One forward pre-hook on the trunk (so it works whether the caller invokes the CausalLM or `model.base_model`,
 as reward and value heads do) does the work when the call has no past yet:
-  * builds the cache: a `DynamicCache` filled with the prefix (expanded to the batch) when the caller wants
-    a cache back (generation), or a read-only `PrefixCache` otherwise (training: nothing is stored, so a
-    gradient-checkpointing replay of a layer sees exactly the same keys and values);
+  * builds the cache: a `VirtualTokenCache` filled with the prefix (expanded to the batch) when the caller wants
+    a cache back (generation; it reports the real tokens only, so continuing from it works as for any model), the
+    caller's own empty cache filled the same way (generate's), or a read-only `PrefixCache` otherwise (training:
+    nothing is stored, so a gradient-checkpointing replay of a layer sees exactly the same keys and values);
   * extends a 2-D attention mask with n ones on the left;
   * sets positions: real tokens sit at n + (their index among the non-pad tokens), as PEFT places them (its
     prefix tuning offsets position_ids by n; its prompt tuning runs the soft tokens at positions 0..n-1).
@@ -59,6 +60,23 @@ class _RecordLayer(DynamicLayer):
         return query_length, 0
 
 
+class VirtualTokenCache(DynamicCache):
+    """The cache a prefix/prompt-tuned model creates for generation: it holds the n virtual keys/values in front of
+    the real ones but reports only the real tokens as its length, so a caller that continues from it (a second
+    forward, `model.generate(..., past_key_values=cache)`) counts positions the way it fed them. Queries sit after
+    the virtual keys in the attention's index space (`get_query_offset`)."""
+
+    def __init__(self, virtual: int, config) -> None:
+        super().__init__(config=config)
+        self.virtual = virtual
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(super().get_seq_length(layer_idx) - self.virtual, 0)
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return super().get_seq_length(layer_idx)
+
+
 class PrefixCache(Cache):
     """Read-only cache over per-layer prefixes [(k, v)], each (1 or B, kv_heads, n, head_dim)."""
 
@@ -76,12 +94,49 @@ class RecordingCache(Cache):
         return [(layer.keys, layer.values) for layer in self.layers]
 
 
-def kv_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_key_value_heads, head_dim) of a decoder config (GQA-aware)."""
-    c = config.get_text_config()
-    heads = c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-    return c.num_hidden_layers, getattr(c, "num_key_value_heads", None) or heads, head_dim
+def num_layers(config) -> int:
+    return config.get_text_config().num_hidden_layers
+
+
+def cache_arg(module: nn.Module) -> str:
+    """transformers >= 5.2x calls the KV cache argument `cache`; earlier versions `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def kv_layout(trunk: nn.Module) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of the keys and values the trunk caches, read off a one-token forward, so
+    that multi-query (Falcon), grouped-query and per-model head sizes come out as the attention really uses them.
+    Raises ValueError when a prefix of PEFT's layout (equal key and value sizes on every layer) cannot hold them.
+    """
+    param = next(trunk.parameters())
+    cache = DynamicCache(config=trunk.config)
+    was_training = trunk.training
+    trunk.eval()
+    try:
+        ids = torch.full((1, 1), 4, dtype=torch.long, device=param.device)
+        trunk(input_ids=ids, use_cache=True, **{cache_arg(trunk): cache})
+    finally:
+        trunk.train(was_training)
+    shapes = {
+        (tuple(layer.keys.shape[1:2] + layer.keys.shape[3:]), layer.values.shape[-1])
+        for layer in cache.layers
+    }
+    layers = len(cache.layers)
+    if layers != num_layers(trunk.config) or len(shapes) != 1:
+        raise ValueError(
+            "peft.method=prefix: this model caches keys and values of different shapes on different layers "
+            f"({sorted(shapes)}), which a prefix of PEFT's layout (one size for every layer) cannot hold"
+        )
+    (kv_heads, key_dim), value_dim = shapes.pop()
+    if key_dim != value_dim:
+        raise ValueError(
+            f"peft.method=prefix: this model caches keys of size {key_dim} and values of size {value_dim} per head "
+            "(multi-head latent attention caches compressed latents), which a prefix of PEFT's layout (keys and "
+            "values of one size) cannot hold; use prompt tuning, which runs the soft tokens through the model's "
+            "own attention"
+        )
+    return layers, kv_heads, key_dim
 
 
 class VirtualTokens(Tuner):
@@ -91,9 +146,10 @@ class VirtualTokens(Tuner):
         super().__init__()
         self.method = method
         self.encoders = nn.ModuleDict()
+        self.initial = False  # True: the virtual tokens as they were created (`reference_policy`)
         params = list(inspect.signature(trunk.forward).parameters)
         self._arg_names = [p for p in params if p not in ("args", "kwargs")]
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_arg(trunk)
         self._busy = False
         self._restore_checkpointing = False
         # the prefix cache is read-only, so a checkpointed layer may keep it (transformers drops writable
@@ -127,10 +183,12 @@ class VirtualTokens(Tuner):
         encoder = self.encoders[self.active]
         n = encoder.num_virtual_tokens
         past = cache.get_seq_length() if cache is not None else 0
-        if past == 0:
+        if isinstance(cache, VirtualTokenCache):  # ours, filled when it was made: it counts real tokens only
+            past_real = past
+        elif past == 0:
             cache = self._fill(trunk, encoder, cache, kw.get("use_cache"), batch)
             past_real = 0
-        else:
+        else:  # a plain cache we filled (generate makes its own): it counts the virtual tokens too
             past_real = past - n
         kw["position_ids"] = self._positions(
             kw.get("position_ids"), kw.get("attention_mask"), past_real, q, n, ref
@@ -159,7 +217,7 @@ class VirtualTokens(Tuner):
         if checkpointing:  # see _pre_hook; the recording cache only overwrites, so replays are safe
             trunk.gradient_checkpointing = False
         try:
-            kv = encoder.kv(trunk, self._cache_arg)
+            kv = encoder.kv(trunk, self._cache_arg, initial=self.initial)
         finally:
             self._busy = False
             if checkpointing:
@@ -170,7 +228,7 @@ class VirtualTokens(Tuner):
         use_cache = trunk.config.use_cache if use_cache is None else use_cache
         if not use_cache or (trunk.training and torch.is_grad_enabled()):
             return PrefixCache(kv)
-        cache = DynamicCache(config=trunk.config) if cache is None else cache
+        cache = VirtualTokenCache(encoder.num_virtual_tokens, trunk.config) if cache is None else cache
         for i, (k, v) in enumerate(kv):
             cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), i)
         return cache

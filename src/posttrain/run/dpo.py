@@ -33,6 +33,7 @@ from posttrain.data.preference import (
     tokenize_pairs,
 )
 from posttrain.data.preference_batches import preference_batches
+from posttrain.modeling import takes_custom_4d_mask
 from posttrain.objectives.dpo import (
     NEEDS_REFERENCE,
     DPOArgs,
@@ -54,28 +55,22 @@ class DPOConfig(RunConfig):
 
 
 def reference_plan(cfg: DPOConfig) -> str:
-    """none (SimPO) | adapters_off | precompute (starting policy) | ref_model | ref_model_precompute."""
+    """none (SimPO) | initial_policy | precompute (starting policy) | ref_model | ref_model_precompute."""
     if not NEEDS_REFERENCE[cfg.dpo.loss]:
         return "none"
     if cfg.dpo.ref_model:
         return "ref_model_precompute" if cfg.dpo.precompute_ref else "ref_model"
     if cfg.dpo.precompute_ref or cfg.peft.method == "none":
         return "precompute"
-    return "adapters_off"
+    return "initial_policy"
 
 
 def pick_collate(cfg: DPOConfig, model: torch.nn.Module, max_length: int):
     """shared_prompt_collate where a custom 4D mask computes the same thing as separate rows, else
     pair_collate."""
-    config = model.config
-    window = getattr(config, "sliding_window", None)
-    ok = (
-        cfg.dpo.share_prompt
-        and config._attn_implementation == "sdpa"
-        and cfg.peft.method not in ("prefix", "prompt")
-        and not (window and window < max_length)
-    )
-    return shared_prompt_collate if ok else pair_collate
+    if cfg.dpo.share_prompt and takes_custom_4d_mask(model, max_length):
+        return shared_prompt_collate
+    return pair_collate
 
 
 def _fingerprint(samples: list[PairSample], ref_name: str) -> str:
@@ -123,8 +118,8 @@ def load_or_precompute(
 def _reference(cfg: DPOConfig, model, samples: list[PairSample], pad_id: int, collate):
     """Set up the reference for `reference_plan(cfg)`; returns what DPOObjective takes as `ref`."""
     plan = reference_plan(cfg)
-    if plan in ("none", "adapters_off"):
-        return None if plan == "none" else "adapters_off"
+    if plan in ("none", "initial_policy"):
+        return None if plan == "none" else "initial_policy"
     ref_model = model
     if plan.startswith("ref_model"):
         from posttrain.run.common import load_for_inference

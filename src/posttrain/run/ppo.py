@@ -22,70 +22,14 @@ from typing import Any
 import torch
 
 from posttrain.config import ConfigError, RunConfig
-from posttrain.objectives.ppo import PolicyWithValue, PPOObjective
-from posttrain.run.ppo_source import PPOSource, PromptRow, RewardFn
+from posttrain.data.schema import PromptRow
+from posttrain.objectives.ppo import PolicyWithValue, PPOArgs, PPOObjective, RewardFn
+from posttrain.run.ppo_source import PPOSource
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"
 STATE_DIR = "ppo_state"
 """Under output_dir: the source's torch-saved state files (the loop's checkpoints hold JSON only)."""
-
-
-@dataclass
-class PPOArgs:
-    """`ppo:` section of `posttrain ppo` configs."""
-
-    reward: str = ""
-    """Reward model directory (from `posttrain rm`) or a Python callable `module:function` called as
-    fn(prompts: list[str], responses: list[str], **meta) -> list[float]."""
-    rollout_batch_size: int = 64
-    """Responses sampled per rollout batch (= prompts x samples_per_prompt)."""
-    samples_per_prompt: int = 1
-    """Responses sampled for each prompt in a rollout batch."""
-    mini_batch_size: int = 16
-    """Responses per optimiser step (split into micro-batches of train.batch_size)."""
-    ppo_epochs: int = 4
-    """Passes over each rollout batch."""
-    max_prompt_length: int = 512
-    """Longer prompts keep their last tokens."""
-    max_new_tokens: int = 128
-    """Response length limit."""
-    min_new_tokens: int = 0
-    """Block stop tokens before this many new tokens (biases samples: needs allow_biased_sampling)."""
-    temperature: float = 1.0
-    """Sampling temperature; the policy's log-probabilities use the same temperature."""
-    top_k: int = 0
-    """Top-k filtering (0: off; biases samples: needs allow_biased_sampling)."""
-    top_p: float = 1.0
-    """Nucleus filtering (1.0: off; biases samples: needs allow_biased_sampling)."""
-    kl_coef: float = 0.05
-    """Per-token KL penalty coefficient (start value when adaptive)."""
-    adaptive_kl: bool = False
-    """Ziegler et al. adaptive controller steering the per-sequence KL towards target_kl."""
-    target_kl: float = 6.0
-    """Target KL (nats per response) of the adaptive controller."""
-    horizon: int = 10000
-    """Adaptive controller horizon in samples."""
-    gamma: float = 1.0
-    """Discount."""
-    lam: float = 0.95
-    """GAE lambda."""
-    cliprange: float = 0.2
-    """Policy ratio clip epsilon."""
-    cliprange_value: float = 0.2
-    """Value clip range around the rollout's values."""
-    vf_coef: float = 0.1
-    """Value loss weight."""
-    whiten_rewards: bool = False
-    """Normalise per-token rewards over each rollout batch (scale only) before GAE."""
-    ptx_coef: float = 0.0
-    """PPO-ptx: weight of an SFT loss on `ptx_data` mixed into every step (InstructGPT)."""
-    ptx_data: str | None = None
-    """Demonstrations (conversations) for PPO-ptx."""
-    value_head: str = "shared"
-    """shared (value head on the policy's trunk) | separate (a critic copy of the model with its own head)."""
-    allow_biased_sampling: bool = False
-    """Allow top_k / top_p / min_new_tokens, whose samples do not follow the policy's distribution."""
 
 
 @dataclass
@@ -179,52 +123,18 @@ def load_reward(spec: str, tokenizer, device: torch.device | str = "cpu") -> Rew
     return score_fn
 
 
-def _prompt_field(rec: dict, path: str, line: int) -> list:
-    from posttrain.data.schema import Message, messages_from
-
-    raw = rec["prompt"]
-    return [Message("user", raw)] if isinstance(raw, str) else messages_from(raw, path, line, "prompt")
-
-
-def _messages_field(rec: dict, path: str, line: int) -> list:
-    from posttrain.data.schema import messages_from
-
-    msgs = messages_from(rec["messages"], path, line, "messages")
-    while msgs and msgs[-1].role == "assistant":  # the demonstration's reply is not part of the prompt
-        msgs = msgs[:-1]
-    return msgs
-
-
-def _preference_prompt(rec: dict, path: str, line: int) -> list:
-    from posttrain.data.preference import parse_record
-
-    return parse_record(rec, "auto", path, line).prompt  # pairs and HH transcripts: the shared turns
-
-
-PROMPT_FIELDS = {"prompt": _prompt_field, "messages": _messages_field, "chosen": _preference_prompt}
-"""Row key -> how that row becomes prompt messages (the first key a row has wins)."""
-
-
 def load_prompts(cfg: RunConfig, tokenizer) -> list[PromptRow]:
-    """Prompt rows from `cfg.data`: {"prompt": str | messages}, {"messages": [...]} (final assistant replies
-    dropped) or preference rows ({"chosen", "rejected"} pairs or HH transcripts: their shared prompt), encoded with
-    the chat template; errors name file, line and field."""
+    """Prompt rows from `cfg.data`, read by `posttrain.data.prompts.prompt_messages` (prompt, messages with their
+    replies dropped, instruction + input, or preference records' shared prompt) and encoded with the chat
+    template; errors name file, line and field."""
     from posttrain.data.chat import encode_prompt
+    from posttrain.data.prompts import prompt_messages
     from posttrain.data.readers import read_records
-    from posttrain.data.schema import DataError, Message, where
+    from posttrain.data.schema import DataError
 
     rows = []
     for path, line, rec in read_records(cfg.data):
-        key = next((k for k in PROMPT_FIELDS if k in rec), None)
-        if key is None:
-            raise DataError(
-                f"{where(path, line, 'prompt')}: a PPO prompt row needs one of {', '.join(PROMPT_FIELDS)}"
-            )
-        msgs = PROMPT_FIELDS[key](rec, path, line)
-        if not msgs:
-            raise DataError(f"{where(path, line, key)}: no prompt messages")
-        if cfg.system_prompt and msgs[0].role != "system":
-            msgs = [Message("system", cfg.system_prompt), *msgs]
+        msgs, _ = prompt_messages(rec, path, line, cfg.system_prompt)
         ids = encode_prompt(tokenizer, msgs, cfg.template)
         meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
         rows.append(PromptRow(ids, [m.to_dict() for m in msgs], meta))
@@ -263,7 +173,6 @@ def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource
     a = cfg.ppo
     check_args(a, cfg.train.batch_size)
     distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
-    torch.manual_seed(cfg.train.seed)
     policy, tokenizer = setup_model(cfg)
     critic = copy.deepcopy(policy) if a.value_head == "separate" else None
     ref_model = None

@@ -15,62 +15,28 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from posttrain.data.schema import PromptRow
+from posttrain.modeling import lm_forward, token_logprobs
 from posttrain.objectives.ppo import (
     PolicyWithValue,
+    PPOArgs,
+    RewardFn,
     gae,
     kl_controller,
     kl_penalised_rewards,
-    lm_forward,
     response_forward,
-    token_logprobs,
 )
-from posttrain.rollout import generate, left_pad, position_ids_from_mask
+from posttrain.rollout import generate, prompt_response_rows
 from posttrain.train.distributed import global_whiten
-
-if TYPE_CHECKING:
-    from posttrain.run.ppo import PPOArgs
 
 KEEP_STATE_FILES = 3
 """Source state files kept in `state_dir` (the newest complete checkpoint always has its own)."""
-
-
-@dataclass
-class PromptRow:
-    ids: list[int]
-    """Encoded prompt (with generation prompt)."""
-    messages: list[dict[str, str]] | None = None
-    """The prompt as messages (None for raw token prompts)."""
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-RewardFn = Callable[[list[PromptRow], list[str], list[list[int]]], list[float]]
-
-
-def _concat(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """[left-padded prompt (P) | right-padded response (R)] rows with mask, positions and response tensors."""
-    ids, mask = left_pad(prompts, pad_id)
-    R = max(1, max(len(r) for r in responses))
-    resp = torch.full((len(responses), R), pad_id, dtype=torch.long)
-    rmask = torch.zeros((len(responses), R), dtype=torch.bool)
-    for i, r in enumerate(responses):
-        resp[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        rmask[i, : len(r)] = True
-    attention = torch.cat([mask, rmask.long()], 1)
-    return {
-        "input_ids": torch.cat([ids, resp], 1),
-        "attention_mask": attention,
-        "position_ids": position_ids_from_mask(attention),
-        "response": resp,
-        "mask": rmask,
-    }
 
 
 def _slice(t: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -216,19 +182,20 @@ class PPOSource:
                 del logits
                 with self._reference() as ref:
                     R = batch["response"].shape[1]
-                    ref_logits = lm_forward(ref, batch, keep=R + 1).logits[:, :-1]
+                    ref_logits = lm_forward(ref, batch, select=R + 1).logits[:, :-1]
                 out["ref_logprobs"].append(token_logprobs(ref_logits, batch["response"], T).cpu())
         finally:
             model.train(was_training)
         return {k: torch.cat(v) for k, v in out.items()}
 
     def _reference(self):
-        """The SFT model: a frozen copy (full fine-tuning) or the policy with its adapters switched off."""
+        """The starting (SFT) policy: a frozen copy (full fine-tuning) or the policy as its adapters were created
+        (`reference_policy`: adapters off, virtual tokens at their initial values)."""
         if self.ref_model is not None:
             return contextlib.nullcontext(self.ref_model)
-        from posttrain.peft import disable_adapters
+        from posttrain.peft import reference_policy
 
-        return disable_adapters(self.model.policy)  # yields the policy, computing the base model
+        return reference_policy(self.model.policy)  # yields the policy, computing its step-0 self
 
     def make_experience(self) -> dict[str, Any]:
         a = self.args
@@ -245,7 +212,7 @@ class PPOSource:
             min_new_tokens=a.min_new_tokens,
             generator=self.generator,
         )
-        data = _concat([r.ids for r in rows], ro.response_ids, self.pad_id)
+        data = prompt_response_rows([r.ids for r in rows], ro.response_ids, self.pad_id)
         data.update(self._score_tokens(data))
         mask = data["mask"]
         scores = torch.tensor(self.reward(rows, ro.texts, ro.response_ids), dtype=torch.float32)

@@ -81,7 +81,6 @@ def run(cfg: SFTConfig) -> dict:
     from posttrain.train import distributed
 
     distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
-    torch.manual_seed(cfg.train.seed)
     model, tokenizer = setup_model(cfg)
     train, held = load_samples(cfg, tokenizer)
     t = cfg.train
@@ -98,7 +97,6 @@ def run(cfg: SFTConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    torch.manual_seed(cfg.train.seed)  # dropout RNG starts from the seed whatever loading consumed
     return fit(
         model,
         SFTObjective(),

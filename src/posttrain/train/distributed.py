@@ -4,7 +4,7 @@
     model = prepare(model, "ddp")        # ddp: rank 0's weights everywhere; fsdp: fully_shard layers, trunk, head
     sync_gradients(params)               # after the step's backward passes: bucketed all-reduce (SUM)
 
-Why we do not wrap the model in `DistributedDataParallel`: the objectives call the trunk (`get_decoder()`) and
+Why we do not wrap the model in `DistributedDataParallel`: the objectives call the trunk (`base_model`) and
 the LM head separately, which bypasses a wrapper's forward and so its gradient hooks. For adapter training DDP's
 job is one all-reduce of the (few) trainable gradients per optimiser step, so we do exactly that, bucketed and
 flattened, after the step's micro-batches. Every rank divides its summed loss by the *global* unit count, so the
@@ -131,16 +131,18 @@ def shard_model(model: nn.Module) -> nn.Module:
     """fully_shard each decoder layer, the trunk, the (untied) LM head, then the root; gradients summed."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
+    from posttrain.modeling import logits_path, trunk
+
+    logits_path(model)  # resolved before sharding (its probe is a forward of the whole model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    trunk = model.get_decoder() if hasattr(model, "get_decoder") else None
+    body = trunk(model)
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     # a tied LM head shares the embedding matrix: that one stays replicated (its gradient is all-reduced by
     # sync_gradients), since the head is called outside the trunk whose group would own it
     tied = {p for p in head.parameters() for q in embed.parameters() if p is q} if head and embed else set()
     for layer in decoder_layers(model):
         fully_shard(layer)
-    if trunk is not None and trunk is not model:
-        fully_shard(trunk, ignored_params=tied)
+    fully_shard(body, ignored_params=tied)
     if head is not None and not tied:
         fully_shard(head)
     fully_shard(model, ignored_params=tied)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ from posttrain.config import TrainConfig, to_dict
 from posttrain.train import checkpoint, distributed
 from posttrain.train.log import MetricsLog, progress_bar
 from posttrain.train.optim import build_optimizer, build_scheduler
+from posttrain.train.protocols import PADDING
 
 
 class TrainingError(RuntimeError):
@@ -86,7 +88,7 @@ class TrainStep:
 
     def backward(self, micro: list[dict[str, Any]]) -> dict[str, Any]:
         """Accumulate gradients of sum(micro-batch loss sums) / (units of the whole step, all ranks)."""
-        units = sum(self.objective.units(mb) for mb in micro)
+        units = sum(self.objective.units(mb) for mb in micro if not mb.get(PADDING))
         if distributed.is_dist():
             units = int(
                 distributed.all_reduce_sum(torch.tensor([units], dtype=torch.long, device=self.device))
@@ -94,14 +96,16 @@ class TrainStep:
         denom = max(units, 1)
         losses, sums, tokens = [], {}, 0
         for mb in micro:
-            tokens += count_tokens(mb)
+            padding = bool(mb.get(PADDING))  # a rank's stand-in: forward and backward, weight 0
+            tokens += 0 if padding else count_tokens(mb)
             with self.autocast():
                 loss_sum, metrics = self.objective.loss(self.model, to_device(mb, self.device))
-            loss = loss_sum.float() / denom
+            loss = loss_sum.float() / denom * (0.0 if padding else 1.0)
             self.scaler.scale(loss).backward()
             losses.append(loss.detach())
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
+                v = v.detach() if torch.is_tensor(v) else v
+                sums[k] = sums.get(k, 0.0) + v * (0.0 if padding else 1.0)
         per_mb = torch.stack(losses)  # (n_micro,) each micro-batch's share of the step loss
         if distributed.is_dist():  # summed over ranks: every rank divided by the global units
             distributed.sync_gradients(self.params)
@@ -306,6 +310,10 @@ def fit(
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    random.seed(
+        cfg.seed
+    )  # dropout and anything else drawn while training starts from the seed (a resumed run
+    torch.manual_seed(cfg.seed)  # then restores the checkpoint's generator states instead)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     # under torchrun: ddp / fsdp per train.strategy (callers may have done it already)

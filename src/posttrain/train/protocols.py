@@ -40,3 +40,9 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+PADDING = "padding_micro_batch"
+"""Micro-batch key: True on a stand-in batch a rank trains when an optimiser step has fewer samples than ranks. The
+loop runs its forward and backward (so collective operations stay in step across ranks) with the loss times 0,
+and counts none of its units, tokens or metrics."""
