@@ -40,3 +40,16 @@ def token_rows(lengths, seed=0):
 def length_reward(prompts, responses, **meta):
     """A programmatic PPO reward (`ppo.reward=helpers:length_reward`): longer responses score higher."""
     return [len(r) / 10 for r in responses]
+
+
+def fresh_process(code: str):
+    """Run `code` in a new Python process (offline, one thread) and return the JSON value its last line prints:
+    what an outside user who has only the files (and transformers / peft) gets."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -235,7 +235,10 @@ def test_final_adapter_on_merged_sft_lora_loads_back_exactly(tmp_path):
     t = TrainConfig(max_steps=3, batch_size=4, lr=5e-2, progress=False)
     fit(model, objective, source, t, tmp_path / "o", save_fn=lambda m, d: save_final(m, tok, cfg, d))
     final = tmp_path / "o" / "final"
-    assert json.loads((final / BASE_ADAPTERS_FILE).read_text())["base_adapters"] == [str(Path(sft).resolve())]
+    record = json.loads((final / BASE_ADAPTERS_FILE).read_text())
+    assert record["base_adapters"] == ["base_adapters/0"] and record["copied_from"] == [
+        str(Path(sft).resolve())
+    ]
     ids = torch.tensor([[2, 40, 41, 42, 43, 44]])
     with torch.no_grad():
         want = model.eval()(input_ids=ids).logits

@@ -46,8 +46,9 @@ def _train_to_answer(model, tok, steps: int = 80):
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
+    from posttrain.artifacts.reward import save_reward_model
     from posttrain.config import RunConfig
-    from posttrain.objectives.reward import RewardModel, save_reward_model
+    from posttrain.objectives.reward import RewardModel
 
     root = tmp_path_factory.mktemp("eval")
     tok = tiny_tokenizer()

@@ -145,7 +145,8 @@ def make_source(tmp_path, method="none", micro=8, rank=0, world_size=1, **kw):
         ref = copy.deepcopy(lm).requires_grad_(False).eval()
     else:
         lm = apply_peft(lm, PeftConfig(method=method))
-    model = PolicyWithValue(lm)
+    critic = copy.deepcopy(lm) if kw.get("value_head") == "separate" else None
+    model = PolicyWithValue(lm, critic)
     args = PPOArgs(
         **{
             "rollout_batch_size": 16,
@@ -246,10 +247,11 @@ def test_ppo_raises_a_programmatic_reward(tmp_path):
         assert key in rows[-1]
 
 
-def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("value_head", ["shared", "separate"])
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, value_head):
     """Stop after 3 steps (mid rollout buffer: 4 steps per rollout), resume to 6: steps 4-6 equal the straight run,
-    adaptive KL coefficient included."""
-    kw = dict(method="lora", adaptive_kl=True, target_kl=0.01, horizon=100)
+    adaptive KL coefficient included; with a separate critic too (its adapter is in the checkpoint)."""
+    kw = dict(method="lora", adaptive_kl=True, target_kl=0.01, horizon=100, value_head=value_head)
     model, source = make_source(tmp_path / "a", **kw)
     straight = run_fit(model, source, tmp_path / "a" / "run", steps=6, lr=2e-2)
     model, source = make_source(tmp_path / "b", **kw)
@@ -391,8 +393,9 @@ def test_ptx_term_adds_coef_times_mean_sft_loss_per_unit(tmp_path):
 
 def test_reward_from_a_reward_model_directory(tmp_path):
     """`ppo.reward=DIR` scores responses with a saved reward model (its own tokenizer and template)."""
+    from posttrain.artifacts.reward import save_reward_model
     from posttrain.config import RunConfig
-    from posttrain.objectives.reward import RewardModel, save_reward_model
+    from posttrain.objectives.reward import RewardModel
     from posttrain.run.ppo import load_reward
 
     base = tmp_path / "base"

@@ -1,6 +1,7 @@
 """Reward model: Bradley-Terry and Plackett-Luce by hand, scores independent of padding and batch companions,
 the head surviving save/reload, and `posttrain rm` end to end on a tiny model."""
 
+import json
 import math
 
 import pytest
@@ -134,7 +135,7 @@ _base_dir, _prefs = base_dir, write_prefs
 
 @pytest.mark.parametrize("method", ["lora", "none"])
 def test_head_survives_save_and_reload(tmp_path, method):
-    from posttrain.objectives.reward import load_reward_model, save_reward_model
+    from posttrain.artifacts.reward import load_reward_model, save_reward_model
     from posttrain.run.rm import RMConfig, prepare
 
     cfg = RMConfig(
@@ -144,14 +145,14 @@ def test_head_survives_save_and_reload(tmp_path, method):
     rm, tok, _, source, _ = prepare(cfg)
     with torch.no_grad():  # move away from the init so a lost head or adapter would show
         rm.score_head.weight.add_(torch.randn_like(rm.score_head.weight))
-        rm.score_head.bias.fill_(0.7)
         for n, p in rm.lm.named_parameters():
             if p.requires_grad and "lora_B" in n:
                 p.add_(0.05 * torch.randn_like(p))
     batch = source.next_step()[0]
     before = rm.score(batch["input_ids"], batch["attention_mask"])
     save_reward_model(rm, tok, cfg, tmp_path / "rm")
-    assert (tmp_path / "rm" / "score_head.safetensors").exists()
+    layout = json.loads((tmp_path / "rm" / "reward_config.json").read_text())["layout"]
+    assert layout == {"lora": "peft_seq_cls", "none": "seq_cls"}[method]
     assert (tmp_path / "rm" / "adapter_config.json").exists() == (method == "lora")
     again = load_reward_model(tmp_path / "rm")
     assert torch.allclose(again.score(batch["input_ids"], batch["attention_mask"]), before, atol=1e-5)
@@ -163,8 +164,8 @@ def test_head_survives_save_and_reload(tmp_path, method):
 def test_rm_command_learns_preference(tmp_path, loss):
     import json
 
+    from posttrain.artifacts.reward import load_reward_model
     from posttrain.cli import main
-    from posttrain.objectives.reward import load_reward_model
 
     out = tmp_path / "out"
     rc = main(
@@ -229,8 +230,8 @@ def test_reward_model_on_an_sft_then_dpo_adapter_chain_reloads_with_its_scores(t
     adapters, and loading it gives the trained scores. Before, its loader merged only the DPO adapter (scores
     -1.69 instead of -1.04): there were two base-adapter mechanisms."""
     from posttrain.artifacts import save_final
+    from posttrain.artifacts.reward import load_reward_model, save_reward_model
     from posttrain.config import SFTConfig
-    from posttrain.objectives.reward import load_reward_model, save_reward_model
     from posttrain.run.common import setup_model
 
     base = base_dir(tmp_path)

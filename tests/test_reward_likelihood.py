@@ -68,7 +68,7 @@ def test_pairwise_loss_trains_the_lm_head(llama):
 
 @pytest.mark.parametrize("method", ["lora", "none"])
 def test_coefficient_survives_save_and_reload(tmp_path, method):
-    from posttrain.objectives.reward import load_reward_model, save_reward_model
+    from posttrain.artifacts.reward import load_reward_model, save_reward_model
     from posttrain.run.rm import RMConfig, prepare
 
     cfg = RMConfig(
@@ -91,8 +91,8 @@ def test_coefficient_survives_save_and_reload(tmp_path, method):
 
 
 def test_rm_command_with_likelihood_learns_preference(tmp_path):
+    from posttrain.artifacts.reward import load_reward_model
     from posttrain.cli import main
-    from posttrain.objectives.reward import load_reward_model
 
     out = tmp_path / "out"
     args = ["train.batch_size=8", "train.epochs=3", "train.progress=false", "train.max_length=64"]

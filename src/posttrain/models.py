@@ -60,7 +60,11 @@ def load_model(
     kwargs = dict(dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    return AutoModelForCausalLM.from_pretrained(name, **kwargs).to(dev)
+    model = AutoModelForCausalLM.from_pretrained(name, **kwargs).to(dev)
+    emb = model.get_input_embeddings()
+    if emb is not None:  # what `posttrain.peft.io` compares with to tell that tokens were added
+        model.__dict__["_posttrain_loaded_vocab"] = emb.weight.shape[0]
+    return model
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -306,9 +306,9 @@ class Pipeline:
     def stage_rm(self) -> None:
         self._need("best_dir")
         rm_run = _runner("posttrain.run.rm")
+        from posttrain.artifacts.reward import load_reward_model
         from posttrain.config import load_config
         from posttrain.data.preference import read_preferences, to_pairs
-        from posttrain.objectives.reward import load_reward_model
 
         out = self.out / "rm"
         data = self.out / "data" / "rankings.jsonl"

@@ -176,7 +176,7 @@ def run_preference(ctx: Context, name: str, model, tok) -> dict[str, Any]:
 def _refusal_classifier(ctx: Context):
     s = ctx.cfg.safety
     if s.classifier == "reward":
-        from posttrain.objectives.reward import load_reward_model
+        from posttrain.artifacts.reward import load_reward_model
 
         if not s.reward_model:
             raise ValueError("safety.classifier=reward needs safety.reward_model")
@@ -234,7 +234,7 @@ def _setup(ctx: Context) -> None:
                 "preference.data is set but neither preference.reward_model nor preference.kl_reference"
             )
         if c.preference.reward_model:
-            from posttrain.objectives.reward import load_reward_model
+            from posttrain.artifacts.reward import load_reward_model
 
             ctx.judge = load_reward_model(c.preference.reward_model, device=c.device, dtype=c.dtype)
         if c.preference.kl_reference and c.preference.kl_reference != "base":

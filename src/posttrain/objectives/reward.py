@@ -19,9 +19,7 @@ score then needs the response tokens: `labels` (response token ids, -100 elsewhe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -29,9 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from posttrain.modeling import head, label_positions, lm_forward, sum_per_row, token_logprobs
-
-HEAD_FILE = "score_head.safetensors"
-CONFIG_FILE = "reward_config.json"
 
 
 @dataclass
@@ -113,10 +108,11 @@ class RewardModel(nn.Module):
         self.lm = lm  # kept whole so adapters save and load the usual way
         self.likelihood_coef = likelihood_coef
         hidden = head(lm).weight.shape[-1]  # what the trunk outputs (OPT may project it)
-        self.score_head = nn.Linear(hidden, 1)
+        # no bias: Bradley-Terry and Plackett-Luce are shift-invariant (a bias gets no gradient), and transformers'
+        # sequence-classification heads have none, so the head saves as their `score`
+        self.score_head = nn.Linear(hidden, 1, bias=False)
         std = head_init_std or 1.0 / (hidden + 1) ** 0.5
         nn.init.normal_(self.score_head.weight, std=std)
-        nn.init.zeros_(self.score_head.bias)
         param = next(lm.parameters())
         self.score_head.to(device=param.device)  # stays fp32 whatever the trunk's dtype
 
@@ -262,64 +258,3 @@ OBJECTIVES = {
     "pairwise": lambda args: PairwiseRewardObjective(args.margin),
     "listwise": lambda args: ListwiseRewardObjective(),
 }
-
-
-# ------------------------------------------------------------------------------------------------------------
-# save / load
-
-
-def save_reward_model(rm: RewardModel, tokenizer, cfg, directory: str | Path) -> None:
-    """The LM part through `artifacts.save_final` (adapter dir for PEFT, with the chain of adapters merged under it;
-    HF dir otherwise) + head + config."""
-    from safetensors.torch import save_file
-
-    from posttrain.artifacts import save_final
-
-    directory = Path(directory)
-    save_final(rm.lm, tokenizer, cfg, directory)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in rm.score_head.state_dict().items()}
-    save_file(state, str(directory / HEAD_FILE))
-    meta = {
-        "base_model": cfg.model,
-        "template": cfg.template,
-        "hidden_size": rm.score_head.in_features,
-        "likelihood_coef": rm.likelihood_coef,
-        "is_adapter": (directory / "adapter_config.json").exists(),
-    }
-    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-
-
-def _load_lm(directory: Path, meta: dict, base_model: Any, device: str, dtype: str):
-    """(causal LM with the reward model's weights, tokenizer) for adapter or full-model directories. An adapter
-    goes on top of the adapters recorded as merged under it (`artifacts.add_adapter_chain`), as for every
-    other artefact."""
-    from posttrain.artifacts import add_adapter_chain, load_for_inference
-    from posttrain.models import load_tokenizer
-
-    if not meta["is_adapter"]:
-        return load_for_inference(str(directory), dtype=dtype, device=device)
-    if isinstance(base_model, nn.Module):
-        return add_adapter_chain(base_model, directory), load_tokenizer(str(directory))
-    return load_for_inference(base_model or meta["base_model"], str(directory), dtype=dtype, device=device)
-
-
-def load_reward_model(
-    directory: str | Path, base_model: Any = None, device: str = "cpu", dtype: str = "auto"
-) -> RewardModel:
-    """Rebuild a saved RewardModel. `base_model`: path/Hub name (default: the one recorded at training time)
-    or an already loaded causal LM, used when `directory` holds an adapter. The returned model is in eval mode
-    and frozen; `rm.tokenizer` and `rm.template` are set for `score_texts`."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    cfg_path = directory / CONFIG_FILE
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{directory}: not a reward model directory (no {CONFIG_FILE})")
-    meta = json.loads(cfg_path.read_text())
-    lm, tok = _load_lm(directory, meta, base_model, device, dtype)
-    rm = RewardModel(lm, likelihood_coef=meta.get("likelihood_coef", 0.0))
-    rm.score_head.load_state_dict(load_file(str(directory / HEAD_FILE)))
-    rm.score_head.to(next(lm.parameters()).device)
-    rm.tokenizer, rm.template = tok, meta["template"]
-    rm.requires_grad_(False)
-    return rm.eval()

@@ -22,7 +22,7 @@ from posttrain.peft.api import (
     unmerge_adapters,
 )
 from posttrain.peft.config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig, PromptConfig
-from posttrain.peft.io import load_adapter, read_config, save_adapter
+from posttrain.peft.io import load_adapter, read_config, read_heads, save_adapter
 
 __all__ = [
     "AdapterConfig",
@@ -40,6 +40,7 @@ __all__ = [
     "merge_and_unload",
     "peft_configs",
     "read_config",
+    "read_heads",
     "reference_policy",
     "save_adapter",
     "set_adapter",

@@ -7,7 +7,9 @@ A directory holds `adapter_config.json` and `adapter_model.safetensors`:
         LoRA: base_model.model.<module>.lora_A.weight / lora_B.weight / lora_magnitude_vector (DoRA);
         prefix and prompt: prompt_embeddings, (n, 2*layers*kv_heads*head_dim) resp. (n, hidden).
     POSTTRAIN_BOTTLENECK (ours): base_model.model.<block>.adapter_down.{weight,bias}, adapter_up.*
-modules_to_save are stored as base_model.model.<module>.<param>, as PEFT does.
+modules_to_save are stored as base_model.model.<module>.<param>, as PEFT does; so are heads outside the model (a
+reward model's `score`, listed in modules_to_save with task_type SEQ_CLS) and, when tokens were added since the
+base was loaded, the resized embedding and untied LM head (PEFT's `save_embedding_layers="auto"`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from posttrain.peft.api import apply_peft, peft_configs
-from posttrain.peft.base import trunk_of, tuners
+from posttrain.peft.base import Tuner, trunk_of, tuners
 from posttrain.peft.config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig, PromptConfig
 from posttrain.peft.lora import LoraLinear
 from posttrain.peft.virtual import num_layers
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+LOADED_VOCAB_ATTR = "_posttrain_loaded_vocab"
+"""Model attribute set by `posttrain.models.load_model`: embedding rows as loaded (to tell when tokens were added)."""
 PREFIX = "base_model.model."
 PEFT_TYPES = {
     "lora": "LORA",
@@ -125,12 +129,60 @@ def _config_json(model: nn.Module, cfg: PeftConfig, name: str) -> dict:
     return base | {"kind": a.kind, "reduction_factor": a.reduction_factor, "non_linearity": a.non_linearity}
 
 
+def _base_vocab(model: nn.Module) -> int | None:
+    """Rows of the input embedding of the checkpoint the model was loaded from (None when unknown)."""
+    rows = model.__dict__.get(LOADED_VOCAB_ATTR)
+    if rows:
+        return rows
+    config = Path(getattr(model, "name_or_path", "") or "_") / "config.json"
+    if config.is_file():
+        raw = json.loads(config.read_text())
+        return (raw.get("text_config") or raw).get("vocab_size")
+    return None
+
+
+def _embedding_names(model: nn.Module) -> list[str]:
+    """Dotted names of the input embedding and of an untied output embedding (module paths)."""
+    if not hasattr(model, "get_input_embeddings"):
+        return []
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    found = {id(m): n for n, m in model.named_modules() if m is emb or m is head}
+    names = [found[id(emb)]] if emb is not None and id(emb) in found else []
+    if (
+        head is not None
+        and id(head) in found
+        and getattr(head, "weight", None) is not getattr(emb, "weight", None)
+    ):
+        names.append(found[id(head)])
+    return names
+
+
+def _embedding_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The embedding (and untied LM head) weights when the vocabulary was resized since loading (added tokens), as
+    PEFT's `save_embedding_layers="auto"` stores them: `base_model.model.<module>.weight`."""
+    base = _base_vocab(model)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if base is None or emb is None or isinstance(emb, Tuner) or emb.weight.shape[0] == base:
+        return {}
+    out = {}
+    for name in _embedding_names(model):
+        module = model.get_submodule(name)
+        if not isinstance(module, Tuner):  # a modules_to_save copy is saved as such
+            out[f"{PREFIX}{name}.weight"] = module.weight
+    return out
+
+
 def save_adapter(
     model: nn.Module,
     directory: str | Path,
     adapter_name: str = "default",
+    heads: dict[str, dict[str, torch.Tensor]] | None = None,
+    task_type: str = "CAUSAL_LM",
 ) -> Path:
-    """Write adapter `adapter_name` to `directory`; returns the directory."""
+    """Write adapter `adapter_name` to `directory`; returns the directory. `heads` are modules that live outside
+    `model` (a reward model's `score`): written as PEFT writes `modules_to_save` (`base_model.model.<name>.<param>`,
+    the name listed in `modules_to_save`), so `peft` loads them onto a model that has them (`task_type`, e.g.
+    SEQ_CLS). Resized embeddings are stored too (see `_embedding_tensors`)."""
     configs = peft_configs(model)
     if adapter_name not in configs:
         raise ValueError(f"no adapter {adapter_name!r} to save (this model has {sorted(configs) or 'none'})")
@@ -139,22 +191,39 @@ def save_adapter(
     out.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     tensors = {file_key: state[key] for key, file_key in _key_map(model, adapter_name).items()}
+    tensors |= _embedding_tensors(model)
+    for head, sd in (heads or {}).items():
+        tensors |= {f"{PREFIX}{head}.{k}": v for k, v in sd.items()}
     encoder = _encoder(model, adapter_name)
     if encoder is not None:
         tensors["prompt_embeddings"] = encoder.flat() if cfg.method == "prefix" else encoder.embedding
     save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(out / WEIGHTS_FILE))
-    (out / CONFIG_FILE).write_text(json.dumps(_config_json(model, cfg, adapter_name), indent=2) + "\n")
+    meta = _config_json(model, cfg, adapter_name) | {"task_type": task_type}
+    if heads:
+        meta["modules_to_save"] = [*(meta["modules_to_save"] or []), *heads]
+    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
-def read_config(directory: str | Path) -> PeftConfig:
-    """The PeftConfig an adapter directory was saved with (PEFT's or ours)."""
+def read_heads(directory: str | Path, names: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
+    """The state dicts of `heads` saved with `save_adapter(..., heads=...)` ({} for a name not in the file)."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(Path(directory) / WEIGHTS_FILE)).items():
+        for name in names:
+            if key.startswith(f"{PREFIX}{name}."):
+                out.setdefault(name, {})[key[len(f"{PREFIX}{name}.") :]] = value
+    return out
+
+
+def read_config(directory: str | Path, heads: tuple[str, ...] = ()) -> PeftConfig:
+    """The PeftConfig an adapter directory was saved with (PEFT's or ours); `heads` are left out of its
+    modules_to_save (they belong to a model around this one, see `save_adapter`)."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no adapter config here (expected a PEFT-format adapter directory)")
     raw = json.loads(path.read_text())
     kind = raw.get("peft_type")
-    keep = list(raw.get("modules_to_save") or [])
+    keep = [m for m in raw.get("modules_to_save") or [] if m not in heads]
     if kind == "LORA":
         for fld in ("layers_to_transform", "rank_pattern", "alpha_pattern"):
             if raw.get(fld):
@@ -195,12 +264,21 @@ def read_config(directory: str | Path) -> PeftConfig:
 
 @torch.no_grad()
 def load_adapter(
-    model: nn.Module, directory: str | Path, adapter_name: str = "default", trainable: bool = False
+    model: nn.Module,
+    directory: str | Path,
+    adapter_name: str = "default",
+    trainable: bool = False,
+    heads: tuple[str, ...] = (),
 ) -> nn.Module:
-    """Add the adapter saved in `directory` to `model` as `adapter_name` and make it active."""
-    cfg = read_config(directory)
-    apply_peft(model, cfg, adapter_name)
+    """Add the adapter saved in `directory` to `model` as `adapter_name` and make it active. Stored embedding rows
+    (added tokens) resize the model's embeddings first and replace them; `heads` (see `save_adapter`) are left in
+    the file for `read_heads`."""
+    cfg = read_config(directory, heads)
     tensors = load_file(str(Path(directory) / WEIGHTS_FILE))
+    for name in heads:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(f"{PREFIX}{name}.")}
+    _load_embeddings(model, tensors, directory, cfg.modules_to_save)
+    apply_peft(model, cfg, adapter_name)
     wanted = {file_key: key for key, file_key in _key_map(model, adapter_name).items()}
     params = model.state_dict(keep_vars=True)
     for file_key, key in wanted.items():
@@ -226,6 +304,24 @@ def load_adapter(
     return model
 
 
+def _load_embeddings(
+    model: nn.Module, tensors: dict[str, torch.Tensor], directory, modules_to_save: list[str]
+) -> None:
+    """Resize the model's embeddings to stored embedding rows and copy them in (popping them from `tensors`); an
+    embedding listed in modules_to_save is the adapter's own trained copy and is left for it."""
+    own = lambda name: any(name == m or name.endswith("." + m) for m in modules_to_save)  # noqa: E731
+    keys = {f"{PREFIX}{name}.weight": name for name in _embedding_names(model) if not own(name)}
+    stored = {k: tensors.pop(k) for k in list(tensors) if k in keys}
+    if not stored:
+        return
+    rows = next(iter(stored.values())).shape[0]
+    if model.get_input_embeddings().weight.shape[0] != rows:
+        model.resize_token_embeddings(rows, mean_resizing=False)
+        keys = {f"{PREFIX}{name}.weight": name for name in _embedding_names(model) if not own(name)}
+    for key, value in stored.items():
+        _copy(model.get_submodule(keys[key]).weight, value, key, directory)
+
+
 def _copy(dst: torch.Tensor, src: torch.Tensor, key: str, directory) -> None:
     if dst.shape != src.shape:
         raise ValueError(
@@ -235,4 +331,4 @@ def _copy(dst: torch.Tensor, src: torch.Tensor, key: str, directory) -> None:
     dst.copy_(src.to(dst.dtype))
 
 
-__all__ = ["save_adapter", "load_adapter", "read_config"]
+__all__ = ["save_adapter", "load_adapter", "read_config", "read_heads"]

@@ -77,6 +77,17 @@ def setup_model(cfg: RunConfig, verbose: bool = True) -> tuple[torch.nn.Module, 
     return model, tokenizer
 
 
+def with_model_card(cfg: RunConfig, command: str, result: dict) -> dict:
+    """Write `final/README.md` (model card) for a finished run (rank 0); returns `result` unchanged."""
+    from posttrain.artifacts import write_model_card
+    from posttrain.train.distributed import is_main
+
+    final = Path(cfg.output_dir) / "final"
+    if is_main() and final.is_dir():
+        write_model_card(final, cfg, command, result)
+    return result
+
+
 def output_dir(cfg: RunConfig) -> Path:
     """`cfg.output_dir`, created, with the resolved config saved as config.yaml (what a run writes first)."""
     out = Path(cfg.output_dir)

@@ -167,7 +167,7 @@ def prepare(cfg: DPOConfig):
 
 
 def run(cfg: DPOConfig) -> dict:
-    from posttrain.run.common import output_dir, save_final
+    from posttrain.run.common import output_dir, save_final, with_model_card
     from posttrain.train.loop import fit
 
     model, tok, objective, source, eval_s = prepare(cfg)
@@ -175,7 +175,7 @@ def run(cfg: DPOConfig) -> dict:
     pad_id, bs = tok.pad_token_id, cfg.train.batch_size
     collate = source.collate
     eval_fn = (lambda m: evaluate_pairs(m, objective, eval_s, pad_id, bs, collate)) if eval_s else None
-    return fit(
+    result = fit(
         model,
         objective,
         source,
@@ -184,6 +184,7 @@ def run(cfg: DPOConfig) -> dict:
         eval_fn=eval_fn,
         save_fn=lambda m, d: save_final(m, tok, cfg, d),
     )
+    return with_model_card(cfg, "dpo", result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ adaptive KL coefficient, the rollout buffer) makes resume exact.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import sys
 import warnings
@@ -21,13 +22,12 @@ from typing import Any
 
 import torch
 
+from posttrain.artifacts.ppo import CRITIC_DIR, VALUE_HEAD_FILE, load_value_head, save_value_head  # noqa: F401
 from posttrain.config import ConfigError, RunConfig
 from posttrain.data.schema import PromptRow
 from posttrain.objectives.ppo import PolicyWithValue, PPOArgs, PPOObjective, RewardFn
 from posttrain.run.ppo_source import PPOSource
 
-VALUE_HEAD_FILE = "value_head.safetensors"
-CRITIC_DIR = "critic"
 STATE_DIR = "ppo_state"
 """Under output_dir: the source's torch-saved state files (the loop's checkpoints hold JSON only)."""
 
@@ -84,7 +84,7 @@ def load_reward(spec: str, tokenizer, device: torch.device | str = "cpu") -> Rew
     if not spec:
         raise ConfigError("ppo.reward: give a reward model directory or a module:function")
     if Path(spec).is_dir():
-        from posttrain.objectives.reward import load_reward_model
+        from posttrain.artifacts.reward import load_reward_model
 
         rm = load_reward_model(spec, device=str(device))
 
@@ -147,22 +147,18 @@ def load_prompts(cfg: RunConfig, tokenizer) -> list[PromptRow]:
 # building, saving, running
 
 
-def save_value_head(model: PolicyWithValue, directory: str | Path) -> None:
-    from safetensors.torch import save_file
+def _critic(cfg: PPOConfig, policy: torch.nn.Module) -> torch.nn.Module | None:
+    """The separate critic: the one saved beside the policy this run starts from (`adapter:` or `model:` a
+    `posttrain ppo` output), set up like the policy; else a copy of the starting policy."""
+    from posttrain.run.common import setup_model
 
-    state = {k: v.detach().float().cpu().contiguous() for k, v in model.v_head.state_dict().items()}
-    save_file(state, str(Path(directory) / VALUE_HEAD_FILE))
-
-
-def load_value_head(model: PolicyWithValue, directory: str | Path) -> bool:
-    """Restore the value head saved next to an adapter / model (returns False when there is none)."""
-    from safetensors.torch import load_file
-
-    path = Path(directory) / VALUE_HEAD_FILE
-    if not path.exists():
-        return False
-    model.v_head.load_state_dict(load_file(str(path)))
-    return True
+    if cfg.ppo.value_head != "separate":
+        return None
+    saved = Path(cfg.adapter or cfg.model) / CRITIC_DIR
+    if not saved.is_dir():
+        return copy.deepcopy(policy)
+    where = {"adapter": str(saved)} if cfg.adapter else {"model": str(saved)}
+    return setup_model(dataclasses.replace(cfg, **where), verbose=False)[0]
 
 
 def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource]:
@@ -174,13 +170,14 @@ def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource
     check_args(a, cfg.train.batch_size)
     distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
     policy, tokenizer = setup_model(cfg)
-    critic = copy.deepcopy(policy) if a.value_head == "separate" else None
+    critic = _critic(cfg, policy)
     ref_model = None
     if cfg.peft.method == "none":  # full fine-tuning: the reference is a frozen copy of the starting model
         ref_model = copy.deepcopy(policy).requires_grad_(False).eval()
     model = PolicyWithValue(policy, critic)
-    if cfg.adapter:
-        load_value_head(model, cfg.adapter)
+    load_value_head(
+        model, cfg.adapter or cfg.model
+    )  # a `posttrain ppo` output's head, when starting from one
     prompts = load_prompts(cfg, tokenizer)
     for row in prompts:
         row.ids = row.ids[-a.max_prompt_length :]
@@ -218,19 +215,15 @@ def _ptx_batches(cfg: PPOConfig, tokenizer) -> list[dict[str, torch.Tensor]]:
 
 
 def run(cfg: PPOConfig) -> dict[str, Any]:
-    from posttrain.run.common import output_dir, save_final
+    from posttrain.artifacts.ppo import save_policy_with_value
+    from posttrain.run.common import output_dir, with_model_card
     from posttrain.train.loop import fit
 
     model, tokenizer, objective, source = build(cfg)
     out = output_dir(cfg)
-
-    def save_fn(m: PolicyWithValue, directory: str | Path) -> None:
-        save_final(m.policy, tokenizer, cfg, directory)
-        save_value_head(m, directory)
-        if m.critic is not None:
-            save_final(m.critic, tokenizer, cfg, Path(directory) / CRITIC_DIR)
-
-    return fit(model, objective, source, cfg.train, out, save_fn=save_fn, log_extra=source.stats)
+    save_fn = lambda m, d: save_policy_with_value(m, tokenizer, cfg, d)  # noqa: E731
+    result = fit(model, objective, source, cfg.train, out, save_fn=save_fn, log_extra=source.stats)
+    return with_model_card(cfg, "ppo", result)
 
 
 def main(argv: list[str] | None = None) -> int:

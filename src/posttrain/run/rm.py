@@ -1,8 +1,8 @@
 """`posttrain rm --config rm.yaml key=value ...`: train a reward model on preference pairs or rankings.
 
-The result directory holds the LM part the usual way (a PEFT adapter directory, or a full HF model directory
-when `peft.method: none`) plus `score_head.safetensors` and `reward_config.json`; `load_reward_model(dir)`
-restores it. Held-out pairwise accuracy and mean margin (r_chosen - r_rejected) are logged from `eval_data` /
+The result directory is a transformers sequence-classification model (full fine-tuning) or a PEFT SEQ_CLS adapter
+with `score` in modules_to_save, plus `reward_config.json` (`posttrain.artifacts.reward`);
+`posttrain.artifacts.reward.load_reward_model(dir)` restores it. Held-out pairwise accuracy and mean margin (r_chosen - r_rejected) are logged from `eval_data` /
 `eval_fraction`.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from posttrain.artifacts.reward import save_reward_model
 from posttrain.config import RunConfig
 from posttrain.data.preference import (
     PairSample,
@@ -31,7 +32,6 @@ from posttrain.objectives.reward import (
     PairwiseRewardObjective,
     RewardModel,
     RMArgs,
-    save_reward_model,
 )
 from posttrain.train import distributed
 
@@ -107,14 +107,14 @@ def prepare(cfg: RMConfig):
 
 
 def run(cfg: RMConfig) -> dict:
-    from posttrain.run.common import output_dir
+    from posttrain.run.common import output_dir, with_model_card
     from posttrain.train.loop import fit
 
     rm, tok, objective, source, eval_s = prepare(cfg)
     out = output_dir(cfg)
     pad_id, bs = tok.pad_token_id, cfg.train.batch_size
     eval_fn = (lambda m: evaluate_rm(m, eval_s, pad_id, bs)) if eval_s else None
-    return fit(
+    result = fit(
         rm,
         objective,
         source,
@@ -123,6 +123,7 @@ def run(cfg: RMConfig) -> dict:
         eval_fn=eval_fn,
         save_fn=lambda m, d: save_reward_model(m, tok, cfg, d),
     )
+    return with_model_card(cfg, "rm", result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ def run(cfg: SFTConfig) -> dict:
     """The whole SFT run; returns fit's final metrics."""
     from posttrain.data.collate import SFTBatches
     from posttrain.objectives.sft import SFTObjective
-    from posttrain.run.common import save_final, setup_model
+    from posttrain.run.common import save_final, setup_model, with_model_card
     from posttrain.train import distributed
 
     distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
@@ -97,7 +97,7 @@ def run(cfg: SFTConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    return fit(
+    result = fit(
         model,
         SFTObjective(),
         source,
@@ -106,6 +106,7 @@ def run(cfg: SFTConfig) -> dict:
         eval_fn=eval_loss_fn(held, tokenizer.pad_token_id, t.batch_size) if held else None,
         save_fn=lambda m, d: save_final(m, tokenizer, cfg, d),
     )
+    return with_model_card(cfg, "sft", result)
 
 
 def main(argv: list[str] | None = None) -> int:
