@@ -214,13 +214,20 @@ def test_generate_end_to_end(work, tmp_path):
 
 
 def test_generate_bad_row_names_file_and_line(work, tmp_path, capsys):
-    from posttrain.run.generate import main
+    from posttrain.cli import main
 
     prompts = tmp_path / "bad.jsonl"
     prompts.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"question": "no"}) + "\n")
-    assert (
-        main(["--model", str(work / "model"), "--prompts", str(prompts), "--out", str(tmp_path / "o")]) == 1
-    )
+    args = [
+        "generate",
+        "--model",
+        str(work / "model"),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 1
     err = capsys.readouterr().err
     assert "bad.jsonl:2" in err and "messages" in err
 
@@ -284,3 +291,22 @@ def test_bench_table_resolves_and_sft_data_matches_the_anchor():
     rows = bench_rows()
     assert len(rows) == 512 and sum(len(ids) for ids, _ in rows) == 77731
     assert all(32 <= len(ids) <= 256 and p == int(len(ids) * 0.3) for ids, p in rows)
+
+
+def test_merge_output_is_replaced_whole(tmp_path):
+    """`posttrain merge` writes into a hidden sibling that replaces OUT only when complete: a failure while
+    writing leaves the old OUT and no temporary directory; a success leaves only the new files."""
+    from posttrain.atomic import atomic_dir as replacing_dir
+
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "config.json").write_text("old")
+    with pytest.raises(RuntimeError):
+        with replacing_dir(out) as tmp:
+            (tmp / "config.json").write_text("half")
+            raise RuntimeError("killed while saving")
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"] and (out / "config.json").read_text() == "old"
+    with replacing_dir(out) as tmp:
+        (tmp / "model.safetensors").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]

@@ -57,7 +57,7 @@ def test_unknown_key_in_file_names_file_and_suggestion(tmp_path):
     path.write_text("train:\n  batch_sise: 4\n")
     with pytest.raises(
         ConfigError,
-        match=r"bad\.yaml: unknown config key 'train\.batch_sise'; did you mean "
+        match=r"bad\.yaml:2: unknown config key 'train\.batch_sise'; did you mean "
         r"'train\.batch_size'\?",
     ):
         load_config(SFTConfig, path)

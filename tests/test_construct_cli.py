@@ -83,7 +83,7 @@ def test_from_tasks_filter_and_errors(tmp_path, capsys):
         '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n{oops\n'
     )
     capsys.readouterr()
-    assert data_main(["from-chat", "--in", str(bad), "--out", str(tmp_path / "c.jsonl")]) == 2
+    assert posttrain(["data", "from-chat", "--in", str(bad), "--out", str(tmp_path / "c.jsonl")]) == 1
     assert "bad.jsonl:2: invalid JSON" in capsys.readouterr().err
 
 
@@ -109,4 +109,81 @@ def test_stats_with_tokenizer_counts_tokens(tmp_path, capsys):
     capsys.readouterr()
     assert data_main(["stats", str(data), "--tokenizer", str(tmp_path / "tok"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["mean_length"] == n_tokens
-    assert data_main(["stats", str(data), "--tokenizer", str(tmp_path / "missing")]) == 2
+    assert posttrain(["data", "stats", str(data), "--tokenizer", str(tmp_path / "missing")]) == 1
+    assert "missing: not a model directory or Hub name (no such directory)" in capsys.readouterr().err
+
+
+def _mix_args(source, out):
+    return ["data", "mix", "--source", str(source), "--total", "5", "--out", str(out)]
+
+
+def _write_convs(path, n, word):
+    rows = [
+        {"messages": [{"role": "user", "content": f"{word}{i}"}, {"role": "assistant", "content": "ok"}]}
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_mix_killed_while_writing_leaves_the_old_pair(tmp_path, monkeypatch):
+    """A crash half-way through OUT (here: the 3rd record) leaves the previous OUT and OUT.stats.json byte for byte,
+    and no temporary file."""
+    import posttrain.data.construct.io as io
+
+    src, out = tmp_path / "src.jsonl", tmp_path / "mix.jsonl"
+    _write_convs(src, 4, "old")
+    assert posttrain(_mix_args(src, out)) == 0
+    old = {p.name: p.read_bytes() for p in (out, tmp_path / "mix.stats.json")}
+    _write_convs(src, 4, "new")
+    calls, real = [], json.dumps
+
+    def dying_dumps(obj, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what SIGINT does mid-write
+        return real(obj, **kw)
+
+    monkeypatch.setattr(io.json, "dumps", dying_dumps)
+    assert posttrain(_mix_args(src, out)) == 130
+    assert {p.name: p.read_bytes() for p in (out, tmp_path / "mix.stats.json")} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mix.jsonl", "mix.stats.json", "src.jsonl"]
+
+
+def test_a_mix_killed_between_output_and_stats_leaves_no_stale_stats(tmp_path, monkeypatch):
+    """OUT is renamed into place first; the old stats file is gone by then, so a kill before the new one lands
+    leaves the new OUT without stats, never beside the old run's stats."""
+    import posttrain.data.construct.io as io
+
+    src, out, stats = tmp_path / "src.jsonl", tmp_path / "mix.jsonl", tmp_path / "mix.stats.json"
+    _write_convs(src, 4, "old")
+    assert posttrain(_mix_args(src, out)) == 0
+    _write_convs(src, 4, "new")
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "atomic_write_json", killed)
+    assert posttrain(_mix_args(src, out)) == 130
+    assert "new" in out.read_text() and "old" not in out.read_text()
+    assert not stats.exists()
+    monkeypatch.undo()
+    assert posttrain(_mix_args(src, out)) == 0  # the next run writes the pair again
+    assert json.loads(stats.read_text())["summary"]["records"] == 5
+
+
+def test_mix_sources_with_the_same_file_name_keep_both_in_the_stats(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        _write_convs(tmp_path / sub / "chat.jsonl", 3, sub)
+    out = tmp_path / "mix.jsonl"
+    args = [
+        "data",
+        "mix",
+        "--source",
+        str(tmp_path / "a" / "chat.jsonl"),
+        "--source",
+        str(tmp_path / "b" / "chat.jsonl"),
+    ]
+    assert posttrain([*args, "--out", str(out)]) == 0
+    sources = json.loads((tmp_path / "mix.stats.json").read_text())["sources"]
+    assert sorted(sources) == ["chat", "chat#2"] and sum(s["drawn"] for s in sources.values()) == 6

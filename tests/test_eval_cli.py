@@ -168,13 +168,16 @@ def test_cli_scores_a_predictions_file_without_a_model(tmp_path, capsys):
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
-    assert main(["accuracy.dta=x.jsonl"]) == 2
+    """Config mistakes exit 2, bad data exits 1; each is one line on stderr (more cases: test_bad_inputs.py)."""
+    from posttrain.cli import main as posttrain
+
+    assert posttrain(["eval", "accuracy.dta=x.jsonl"]) == 2
     assert "accuracy.data" in capsys.readouterr().err  # the suggestion
-    assert main([f"output_dir={tmp_path}"]) == 2
+    assert posttrain(["eval", f"output_dir={tmp_path}"]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "q", "reference": "a"}\n{"nope": 1}\n')
-    assert main([f"accuracy.predictions={bad}"]) == 2
+    assert posttrain(["eval", f"accuracy.predictions={bad}"]) == 1
     assert "bad.jsonl:2" in capsys.readouterr().err
 
 

@@ -45,3 +45,22 @@ def test_write_report_plots_comparisons(tmp_path):
     png = tmp_path / "plot_likelihood.png"
     assert png in paths and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert write_report(_results(["base", "sft"]), tmp_path / "np", plots=False)[-1].name == "report.md"
+
+
+def test_a_failing_report_leaves_the_previous_one(tmp_path, monkeypatch):
+    """Everything is rendered before anything is written, and each file is replaced whole: a failure part way
+    (here: rendering the markdown) leaves the previous report.json and report.md as they were."""
+    import posttrain.eval.report as report
+
+    write_report(_results(["a"]), tmp_path, plots=False)
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def broken(results):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(report, "render_markdown", broken)
+    try:
+        write_report(_results(["b"]), tmp_path, plots=False)
+    except RuntimeError:
+        pass
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old

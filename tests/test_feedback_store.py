@@ -1,13 +1,15 @@
 """The ranking store: append-only judgements, M labellers per task, export that `posttrain rm` reads, agreement."""
 
 import json
+import sqlite3
 import threading
 
 import pytest
 
 from posttrain.feedback.agreement import agreement, kendall_tau
 from posttrain.feedback.cli import export, import_responses, main
-from posttrain.feedback.store import Store, StoreError
+from posttrain.feedback.store import LeaseConflict, Store, StoreError
+from posttrain.feedback.validate import InvalidJudgement
 
 TASK = {"prompt": [{"role": "user", "content": "2+2?"}], "responses": ["4", "5", "four"], "meta": {"id": 1}}
 
@@ -28,7 +30,7 @@ def test_ranking_must_be_a_permutation(tmp_path):
     store = Store(tmp_path / "f.sqlite")
     store.add_tasks([TASK])
     alice = store.labeller_for(store.add_labeller("alice"))[0]
-    with pytest.raises(StoreError, match="exactly once"):
+    with pytest.raises(InvalidJudgement, match="exactly once"):
         store.submit(alice, 1, [0, 0, 1])
     with pytest.raises(StoreError, match="unknown task"):
         store.submit(alice, 99, [0, 1, 2])
@@ -74,6 +76,7 @@ def test_export_feeds_the_reward_model_reader(tmp_path):
     store = Store(tmp_path / "f.sqlite")
     store.add_tasks([TASK])
     alice = store.labeller_for(store.add_labeller("alice"))[0]
+    store.next_task(alice)
     store.submit(alice, 1, [1, 0, 2], flags=[2])
     out = tmp_path / "rankings.jsonl"
     assert export(str(tmp_path / "f.sqlite"), str(out)) == 1
@@ -90,6 +93,7 @@ def test_exported_rankings_are_what_the_reward_model_reads(tmp_path):
     store = Store(tmp_path / "f.sqlite")
     store.add_tasks([TASK])
     alice = store.labeller_for(store.add_labeller("alice"))[0]
+    store.next_task(alice)
     store.submit(alice, 1, [1, 0, 2])
     out = tmp_path / "rankings.jsonl"
     export(str(tmp_path / "f.sqlite"), str(out))
@@ -171,3 +175,54 @@ def test_add_samples_k_responses_with_the_rollout_engine(tmp_path):
     task = store.next_task(labeller)
     assert len(task.responses) == 3 and task.prompt == [{"role": "user", "content": "hi"}]
     assert task.meta["i"] == 0 and task.meta["model"] == str(model_dir)
+
+
+def test_only_a_leaseholder_may_judge_and_max_labels_holds(tmp_path):
+    store = Store(tmp_path / "f.sqlite")
+    store.add_tasks([TASK, TASK], max_labels=1)
+    alice, bob = (store.labeller_for(store.add_labeller(n))[0] for n in ("alice", "bob"))
+    assert store.next_task(alice).id == 1
+    with pytest.raises(LeaseConflict, match="task 1 is not leased to you"):
+        store.submit(bob, 1, [0, 1, 2])  # leased to alice
+    with pytest.raises(LeaseConflict, match="task 2 is not leased to you"):
+        store.submit(alice, 2, [0, 1, 2])  # never handed out
+    store.submit(alice, 1, [0, 1, 2])
+    store.submit(alice, 1, [2, 1, 0])  # alice revising her own judgement adds a row, not a labeller
+    assert {j["labeller"] for j in store.judgements(latest_only=False)} == {"alice"}
+
+
+def test_concurrent_submits_never_exceed_max_labels(tmp_path):
+    """Eight labellers hold leases on a max_labels=2 task (as a stale lease table could): two judgements land."""
+    path = tmp_path / "f.sqlite"
+    store = Store(path)
+    store.add_tasks([TASK], max_labels=2)
+    people = [store.labeller_for(store.add_labeller(f"l{i}"))[0] for i in range(8)]
+    with sqlite3.connect(path) as db:
+        db.executemany("INSERT INTO leases VALUES (1, ?, 0)", [(p,) for p in people])
+    barrier, accepted = threading.Barrier(len(people)), []
+
+    def submit(me):
+        s = Store(path)
+        barrier.wait()
+        try:
+            accepted.append(s.submit(me, 1, [0, 1, 2]))
+        except LeaseConflict:
+            pass
+
+    threads = [threading.Thread(target=submit, args=(p,)) for p in people]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(accepted) == 2 == store.counts()["judgements"]
+
+
+@pytest.mark.parametrize(
+    "ranking", [[True, False, 2], [0.0, 1.0, 2.0], "012", [0, 1], [0, 1, 2, 3], [0, 1, 1], None]
+)
+def test_the_store_refuses_anything_but_a_permutation_of_ints(tmp_path, ranking):
+    store = Store(tmp_path / "f.sqlite")
+    store.add_tasks([TASK])
+    alice = store.labeller_for(store.add_labeller("alice"))[0]
+    store.next_task(alice)
+    with pytest.raises(InvalidJudgement, match="ranking"):
+        store.submit(alice, 1, ranking)
+    assert store.counts()["judgements"] == 0

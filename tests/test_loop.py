@@ -184,13 +184,15 @@ def test_keep_last_and_atomic_dirs(tmp_path):
     assert sorted(p.name for p in ck.iterdir()) == ["step-4", "step-5"]
     assert {p.name for p in (ck / "step-5").iterdir()} == {
         "model.safetensors",
-        "optimizer.pt",
-        "rng.pt",
+        "optimizer.json",
+        "optimizer.safetensors",
+        "rng.json",
+        "rng.safetensors",
         "state.json",
     }
     state = json.loads((ck / "step-5").joinpath("state.json").read_text())
     assert state["step"] == 5 and state["source"] == {"epoch": 1, "pos": 1} and state["config"]["lr"] == 1e-3
-    assert saved[0].name == ".tmp-final" and (tmp_path / "final" / "x.txt").read_text() == "ok"
+    assert saved[0].name.startswith(".final.tmp-") and (tmp_path / "final" / "x.txt").read_text() == "ok"
 
 
 class Crash:

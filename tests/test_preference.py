@@ -298,3 +298,54 @@ def test_grouping_sorts_on_the_rows_the_collate_builds():
     batches = [b for _ in range(src.steps_per_epoch()) for b in src.next_step()]
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     assert real / sum(b["attention_mask"].numel() for b in batches) > 0.88  # 0.79 when sorted on len(sample)
+
+
+def test_pairs_whose_chosen_equals_rejected_are_dropped_and_counted(tmp_path, capsys):
+    """They teach nothing (hh-rlhf has a few): dropped with the count and the first location on stderr; a file of
+    nothing else is an error naming it."""
+    from posttrain.data.preference import read_preferences
+
+    path = tmp_path / "p.jsonl"
+    good, same = (
+        {"prompt": "hi", "chosen": "a", "rejected": "b"},
+        {"prompt": "hi", "chosen": "a", "rejected": "a"},
+    )
+    hh_same = {"chosen": "\n\nHuman: q\n\nAssistant: x", "rejected": "\n\nHuman: q\n\nAssistant: x"}
+    path.write_text("".join(json.dumps(r) + "\n" for r in (good, same, hh_same, good)))
+    items = read_preferences(str(path))
+    assert len(items) == 2 and all(p.chosen != p.rejected for p in items)
+    assert "dropped 2 pair(s) whose chosen equals rejected (first: " + f"{path}:2)" in capsys.readouterr().err
+    path.write_text(json.dumps(same) + "\n")
+    with pytest.raises(DataError, match=r"p.jsonl:1 field 'rejected': the same as chosen"):
+        read_preferences(str(path))
+
+
+@pytest.mark.parametrize(
+    "change, fld",
+    [
+        ({"margin": float("nan")}, "margin"),
+        ({"margin": float("inf")}, "margin"),
+        ({"margin": "1.5"}, "margin"),
+        ({"margin": True}, "margin"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": " "}]}, "prompt"),
+        ({"chosen": []}, "chosen"),
+        ({"rejected": 3}, "rejected"),
+    ],
+)
+def test_bad_pair_fields_name_the_field(change, fld):
+    with pytest.raises(DataError, match=rf"p.jsonl:4 field '{fld}'"):
+        parse_record({"prompt": "hi", "chosen": "a", "rejected": "b", **change}, "auto", "p.jsonl", 4)
+
+
+def test_bad_ranking_fields_name_the_field():
+    base = {"prompt": "q", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}
+    assert parse_record(base).ranking == [2, 0, 1]
+    for change, fld in (
+        ({"ranking": [0, 1, 1]}, "ranking"),
+        ({"ranking": [0.0, 1.0, 2.0]}, "ranking"),
+        ({"responses": ["a", 2, "c"]}, "responses"),
+        ({"prompt": "  "}, "prompt"),
+    ):
+        with pytest.raises(DataError, match=rf"r.jsonl:2 field '{fld}'"):
+            parse_record({**base, **change}, "auto", "r.jsonl", 2)

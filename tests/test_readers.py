@@ -182,3 +182,53 @@ def test_shared_t0_sample_reads_as_prompt_completion():
     convs = read_conversations(str(path))
     assert len(convs) > 10 and all(roles(c) == ["user", "assistant"] for c in convs)
     assert convs[0].messages[1].content.startswith("Business")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(OPENAI) + "\n").encode())
+    assert [r for _, _, r in read_records(str(path))] == [OPENAI]
+
+
+def test_non_utf8_names_the_line_in_every_text_format(tmp_path):
+    """Decoded line by line (JSONL) or located from the bad byte's offset (JSON, CSV): never a bare codec error."""
+    bad = "é".encode("latin-1")
+    cases = {
+        "a.jsonl": (json.dumps(OPENAI) + "\n").encode() + b'{"text": "caf' + bad + b'"}\n',
+        "a.json": b'[\n{"text": "ok"},\n{"text": "caf' + bad + b'"}]',
+        "a.csv": b"prompt,completion\nhi,there\nx,caf" + bad + b"\n",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        line = 2 if name == "a.jsonl" else 3
+        with pytest.raises(DataError, match=rf"{name}:{line}: not UTF-8 text \(byte 0xe9"):
+            list(read_records(str(tmp_path / name)))
+
+
+@pytest.mark.parametrize(
+    "rec, fld",
+    [
+        ({"messages": "Hi"}, "messages"),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "}]},
+            r"messages\[1\].content",
+        ),
+        ({"instruction": " ", "output": "x"}, "instruction"),
+        ({"instruction": "Say hi", "output": ""}, "output"),
+        ({"prompt": "", "completion": "x"}, "prompt"),
+        ({"prompt": "q", "completion": ""}, "completion"),
+        ({"text": ""}, "text"),
+    ],
+)
+def test_empty_or_wrongly_typed_fields_are_refused(tmp_path, rec, fld):
+    path = write_jsonl(tmp_path / "d.jsonl", [rec, rec])  # (the format is told from the first record)
+    with pytest.raises(DataError, match=rf"d.jsonl:1 field '{fld}'"):
+        read_conversations(path)
+
+
+def test_a_directory_or_a_missing_path_is_not_taken_for_a_hub_name(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError, match="is a directory, not a data file"):
+        list(read_records(str(tmp_path / "data")))
+    with pytest.raises(DataError, match="file not found"):
+        list(read_records(str(tmp_path / "nothing" / "here")))

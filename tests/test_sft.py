@@ -154,4 +154,4 @@ def test_results_json_only_on_rank_0(monkeypatch, capsys):
     def fails(cfg):
         raise ConfigError("bad value")
 
-    assert config_command(SFTConfig, fails, ["model=m"], "t", "doc") == 1
+    assert config_command(SFTConfig, fails, ["model=m"], "t", "doc") == 2  # a config error, even found late

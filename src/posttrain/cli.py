@@ -57,7 +57,18 @@ def main(argv: list[str] | None = None) -> int:
 
         init_from_env()
     module, func = COMMANDS[name][0].split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except KeyboardInterrupt:
+        print(f"posttrain {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a user error is one line and an exit code; anything else is a bug: traceback
+        from posttrain.errors import report
+
+        code = report(f"posttrain {name}", e)
+        if code is None:
+            raise
+        return code
 
 
 if __name__ == "__main__":

@@ -14,16 +14,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
+from posttrain.checks import FRACTION, NON_NEGATIVE, POSITIVE, at_least
+from posttrain.errors import UsageError
 from posttrain.peft.config import PeftConfig
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config key or value is wrong; the message names the key (and file, when there is one)."""
 
 
@@ -79,8 +81,31 @@ class TrainConfig:
     """Resume from the newest checkpoint in output_dir when one exists."""
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     """Distributed strategy under torchrun: auto | ddp | fsdp (single process: ignored)."""
+    overwrite: bool = False
+    """When output_dir holds another run (or train.resume=false): move it aside to OUTPUT.old-N and start afresh."""
     progress: bool = True
     """Show a progress bar."""
+
+    checks: ClassVar[dict] = {
+        "epochs": POSITIVE,
+        "batch_size": at_least(1),
+        "grad_accum": at_least(1),
+        "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "warmup_steps": at_least(0),
+        "warmup_ratio": FRACTION,
+        "max_grad_norm": NON_NEGATIVE,
+        "max_length": at_least(2),
+        "eval_every": at_least(0),
+        "save_every": at_least(0),
+        "keep_last": at_least(1),
+        "log_every": at_least(1),
+    }
+    """Value ranges checked when the config loads (before anything is written)."""
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = [("max_steps", "-1 or >= 1")] if self.max_steps == 0 or self.max_steps < -1 else []
+        return bad + [("betas", "two numbers in [0, 1)") for b in self.betas if not FRACTION.ok(b)][:1]
 
 
 @dataclass
@@ -117,6 +142,8 @@ class RunConfig:
     """System message added to conversations that have none."""
     peft: PeftConfig = field(default_factory=PeftConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    checks: ClassVar[dict] = {"eval_fraction": FRACTION}
 
 
 @dataclass
@@ -215,7 +242,21 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check_values(obj, prefix)
+    return obj
+
+
+def check_values(obj: Any, prefix: str = "") -> None:
+    """A dataclass's `checks` ({field: Check}) and `check()` (-> [(field, expected)]), as one ConfigError."""
+    bad = [
+        (name, c.text) for name, c in getattr(type(obj), "checks", {}).items() if not c.ok(getattr(obj, name))
+    ]
+    if hasattr(obj, "check"):
+        bad += obj.check()
+    if bad:
+        name, expected = bad[0]
+        raise ConfigError(f"{prefix}{name}: must be {expected}, got {getattr(obj, name)!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -266,19 +307,73 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Read YAML `path` (optional), apply `key=value` overrides, build `cls`. Errors name the file."""
     data: dict[str, Any] = {}
+    text = ""
     if path:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read config: {e}") from e
+            text = Path(path).read_text(encoding="utf-8")
+            data = yaml.safe_load(text) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except UnicodeDecodeError as e:
+            line = e.object[: e.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+    from_file = data
     data = merge(data, parse_overrides(overrides or []))
     try:
         return from_dict(cls, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        if not path:
+            raise
+        key = _error_key(str(e))
+        line = _key_line(text, key) if key and _has_key(from_file, key) else None
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: {e}") from None
+
+
+def _error_key(message: str) -> str | None:
+    """The dotted key a ConfigError message starts with ('train.lr: ...', "unknown config key 'x.y'")."""
+    import re
+
+    m = re.match(r"unknown config key '([\w.]+)'", message) or re.match(r"([\w.]+)(?:\[\d+\])?: ", message)
+    return m.group(1) if m else None
+
+
+def _has_key(data: dict[str, Any], key: str) -> bool:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _key_line(text: str, key: str) -> int | None:
+    """1-based line of dotted `key` in YAML `text` (None when it cannot be found)."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in key.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            return line
+        for k, v in node.value:
+            if getattr(k, "value", None) == part:
+                line, node = k.start_mark.line + 1, v
+                break
+        else:
+            return line
+    return line
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from posttrain.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from posttrain.artifacts.model import ADAPTER_FILES, TOKENIZER_FILES, base_adapters
+from posttrain.atomic import atomic_dir
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
@@ -48,7 +49,8 @@ def _stage(
 
 
 def export_adapter(adapter: str | Path, out: str | Path) -> Path:
-    """Write `adapter` and every adapter merged under it as one LoRA adapter (PEFT format) to `out`."""
+    """Write `adapter` and every adapter merged under it as one LoRA adapter (PEFT format) to `out` (built in a
+    temporary sibling and swapped in whole: `posttrain.atomic.atomic_dir`)."""
     adapter, out = Path(adapter), Path(out)
     stages = [_stage(d) for d in (*base_adapters(adapter), adapter)]
     ranks = [raw["r"] for raw, *_ in stages]
@@ -76,10 +78,10 @@ def export_adapter(adapter: str | Path, out: str | Path) -> Path:
         targets.update([listed] if isinstance(listed, str) else listed)
     total = sum(ranks)
     raw.update(r=total, lora_alpha=float(total), use_rslora=False, target_modules=sorted(targets))
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / ADAPTER_FILES[1]))
-    (out / ADAPTER_FILES[0]).write_text(json.dumps(raw, indent=2) + "\n")
-    for name in TOKENIZER_FILES + ("special_tokens_map.json", "chat_template.jinja"):
-        if (adapter / name).exists():
-            shutil.copyfile(adapter / name, out / name)
+    with atomic_dir(out) as tmp:  # `out` whole or as it was
+        save_file(tensors, str(tmp / ADAPTER_FILES[1]))
+        (tmp / ADAPTER_FILES[0]).write_text(json.dumps(raw, indent=2) + "\n")
+        for name in TOKENIZER_FILES + ("special_tokens_map.json", "chat_template.jinja"):
+            if (adapter / name).exists():
+                shutil.copyfile(adapter / name, tmp / name)
     return out

@@ -17,15 +17,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from posttrain.config import RunConfig, save_config
+from posttrain.errors import UserError
 from posttrain.models import load_model, load_tokenizer
 
 CONFIG_FILE = "posttrain_config.yaml"
@@ -46,13 +50,45 @@ def _peft():
     return peft
 
 
+@contextlib.contextmanager
+def loading(directory: str | Path, what: str) -> Iterator[None]:
+    """Read a saved artefact: a missing file, bad JSON, a missing key or tensor, a corrupt safetensors file is one
+    UserError, `DIR: not a usable WHAT directory (why)`; UserErrors from below (a bad base model) pass through."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, KeyError):
+            reason = f"missing key {e}"
+        elif isinstance(e, json.JSONDecodeError):
+            reason = f"a JSON file in it is invalid: {e.msg} at line {e.lineno} column {e.colno}"
+        raise UserError(f"{directory}: not a usable {what} directory ({reason[:300]})") from None
+
+
+def check_adapter_dir(adapter: str | Path) -> None:
+    """Refuse (before any model is loaded) an --adapter that is not a directory holding adapter_config.json."""
+    path = Path(adapter)
+    if not path.is_dir():
+        raise UserError(
+            f"{adapter}: not an adapter directory ({'a file' if path.exists() else 'no such directory'})"
+        )
+    if not (path / ADAPTER_FILES[0]).is_file():
+        raise UserError(f"{adapter}: not an adapter directory (no {ADAPTER_FILES[0]})")
+
+
 def base_adapters(adapter: str | Path) -> list[Path]:
     """The adapters merged into the base under `adapter` (oldest first; [] when none were recorded). Relative
     entries are relative to `adapter`; absolute ones (written before the chain was copied) are kept."""
     path = Path(adapter) / BASE_ADAPTERS_FILE
     if not path.exists():
         return []
-    return [Path(adapter) / p for p in json.loads(path.read_text())["base_adapters"]]
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8"))["base_adapters"]
+    except (ValueError, KeyError, TypeError) as e:  # bad JSON or UTF-8, no list: name the file
+        raise UserError(f"{path}: not a list of base adapters ({type(e).__name__}: {e})") from None
+    return [Path(adapter) / p for p in listed]
 
 
 def merge_base_adapters(model: torch.nn.Module, adapter: str | Path) -> torch.nn.Module:
@@ -129,8 +165,9 @@ def add_adapter_chain(
 ) -> torch.nn.Module:
     """`model` with the adapters recorded under `adapter` merged in (oldest first) and `adapter` itself on top
     (`heads`: modules saved with it that live outside `model`, left for `peft.read_heads`)."""
-    model = merge_base_adapters(model, adapter)
-    _peft().load_adapter(model, adapter, heads=heads)
+    with loading(adapter, "adapter"):
+        model = merge_base_adapters(model, adapter)
+        _peft().load_adapter(model, adapter, heads=heads)
     return model
 
 
@@ -144,6 +181,8 @@ def load_for_inference(
 ) -> tuple[torch.nn.Module, object]:
     """(model in eval mode, tokenizer). The tokenizer comes from the adapter directory when it holds one; the
     adapters recorded in its BASE_ADAPTERS_FILE are merged into the base first."""
+    if adapter:
+        check_adapter_dir(adapter)
     tok_source = adapter if adapter and any((Path(adapter) / f).exists() for f in TOKENIZER_FILES) else model
     tokenizer = load_tokenizer(tok_source, trust_remote_code=trust_remote_code)
     net = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from posttrain.artifacts.model import load_for_inference, save_final
+from posttrain.artifacts.model import load_for_inference, loading, save_final
 from posttrain.objectives.ppo import PolicyWithValue
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -56,13 +56,14 @@ def load_policy_with_value(
 ) -> tuple[PolicyWithValue, object]:
     """(PolicyWithValue in eval mode with policy, critic and value head as trained, tokenizer)."""
     directory = Path(directory)
-    policy, tokenizer = _lm(base_model, directory, dtype, device)
-    critic = (
-        _lm(base_model, directory / CRITIC_DIR, dtype, device)[0]
-        if (directory / CRITIC_DIR).is_dir()
-        else None
-    )
-    model = PolicyWithValue(policy, critic)
-    if not load_value_head(model, directory):
-        raise ValueError(f"{directory}: no {VALUE_HEAD_FILE} (not a `posttrain ppo` output)")
+    with loading(directory, "PPO policy"):
+        policy, tokenizer = _lm(base_model, directory, dtype, device)
+        critic = (
+            _lm(base_model, directory / CRITIC_DIR, dtype, device)[0]
+            if (directory / CRITIC_DIR).is_dir()
+            else None
+        )
+        model = PolicyWithValue(policy, critic)
+        if not load_value_head(model, directory):
+            raise ValueError(f"no {VALUE_HEAD_FILE} (not a `posttrain ppo` output)")
     return model.eval().requires_grad_(False), tokenizer

@@ -30,8 +30,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from posttrain.artifacts.model import CONFIG_FILE as RUN_CONFIG_FILE
-from posttrain.artifacts.model import has_adapters, load_for_inference, save_final, save_tokenizer
+from posttrain.artifacts.model import has_adapters, load_for_inference, loading, save_final, save_tokenizer
 from posttrain.config import save_config
+from posttrain.errors import UserError
 from posttrain.objectives.reward import RewardModel
 
 CONFIG_FILE = "reward_config.json"
@@ -159,15 +160,17 @@ def load_reward_model(
     directory = Path(directory)
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.exists():
-        raise FileNotFoundError(f"{directory}: not a reward model directory (no {CONFIG_FILE})")
-    meta = json.loads(cfg_path.read_text())
-    lm, tok, head = _load(directory, meta, base_model, device, dtype)
-    rm = RewardModel(lm, likelihood_coef=meta.get("likelihood_coef", 0.0))
-    head.pop(
-        "bias", None
-    )  # heads written before the score head lost its bias (always 0: BT is shift-invariant)
-    rm.score_head.load_state_dict(head)
+        raise UserError(f"{directory}: not a reward model directory (no {CONFIG_FILE})")
+    with loading(directory, "reward model"):
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+        lm, tok, head = _load(directory, meta, base_model, device, dtype)
+        rm = RewardModel(lm, likelihood_coef=meta.get("likelihood_coef", 0.0))
+        head.pop(
+            "bias", None
+        )  # heads written before the score head lost its bias (always 0: BT is shift-invariant)
+        rm.score_head.load_state_dict(head)
+        rm.template = meta["template"]
     rm.score_head.to(next(lm.parameters()).device)
-    rm.tokenizer, rm.template = tok, meta["template"]
+    rm.tokenizer = tok
     rm.requires_grad_(False)
     return rm.eval()

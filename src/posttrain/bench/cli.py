@@ -10,13 +10,14 @@ Adding a workload: one row in WORKLOADS naming the two functions (each returns a
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
+
+from posttrain.commandline import ArgumentParser
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,13 @@ def format_summary(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="posttrain bench", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="posttrain bench", description=__doc__.splitlines()[0])
     p.add_argument("workload", choices=[*WORKLOADS, "all"])
     p.add_argument("--json", action="store_true", help="run one side in this process; print its JSON last")
     p.add_argument("--anchor", action="store_true", help="with --json: run the anchor's side instead of ours")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.anchor and not args.json:
+        p.error("--anchor needs --json (without it both sides run)")
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     if args.json:
         for name in names:

@@ -39,7 +39,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from posttrain.data.schema import Message
+from posttrain.data.schema import DataError, Message
+from posttrain.errors import UsageError
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 """Where the named templates live, one `<name>.jinja` each (see README.md there)."""
@@ -59,9 +60,19 @@ def template_names() -> list[str]:
     return sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja"))
 
 
+class TemplateChoiceError(UsageError, ValueError):
+    """An unknown template name, or a template file that is not valid Jinja (exit 2: the option is wrong)."""
+
+
+class TemplateRenderError(DataError):
+    """The template refused a conversation (its `raise_exception`, or a rendering error)."""
+
+
 @functools.lru_cache(maxsize=64)
 def _read(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8")
+    from posttrain.data.readers import read_text
+
+    return read_text(path)
 
 
 def get_template(name: str, tokenizer: Any) -> str:
@@ -88,7 +99,7 @@ def get_template(name: str, tokenizer: Any) -> str:
     path = Path(name).expanduser()
     if path.is_file():
         return _read(str(path.resolve()))
-    raise ValueError(
+    raise TemplateChoiceError(
         f"unknown chat template {name!r}: expected 'auto', one of {', '.join(template_names())}, "
         f"or the path to a .jinja file"
     )
@@ -146,7 +157,24 @@ def _compile(source: str):
     )
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(source)
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as e:
+        raise TemplateChoiceError(
+            f"chat template: invalid Jinja at template line {e.lineno} ({e.message})"
+        ) from None
+
+
+def _render_source(source: str, **variables) -> str:
+    from jinja2 import TemplateError
+
+    template = _compile(source)
+    try:
+        return template.render(**variables)
+    except TemplateError as e:
+        raise TemplateRenderError(f"chat template refused the conversation: {e}") from None
 
 
 def has_generation_tags(source: str) -> bool:
@@ -168,8 +196,8 @@ def _render_marked(
     tokenizer: Any, source: str, messages: list[dict], add_generation_prompt: bool
 ) -> tuple[str, list[tuple[int, int]]]:
     """(text, character spans of its `{% generation %}` blocks)."""
-    raw = _compile(source).render(
-        messages=messages, add_generation_prompt=add_generation_prompt, **_special_tokens(tokenizer)
+    raw = _render_source(
+        source, messages=messages, add_generation_prompt=add_generation_prompt, **_special_tokens(tokenizer)
     )
     pieces, spans, length, start = [], [], 0, 0
     for piece in re.split(f"([{GEN_OPEN}{GEN_CLOSE}])", raw):
@@ -185,8 +213,11 @@ def _render_marked(
 
 def _render(tokenizer: Any, source: str, messages: list[dict], add_generation_prompt: bool) -> str:
     if GEN_OPEN not in source and not has_generation_tags(source):
-        return _compile(source).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **_special_tokens(tokenizer)
+        return _render_source(
+            source,
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            **_special_tokens(tokenizer),
         )
     return _render_marked(tokenizer, source, messages, add_generation_prompt)[0]
 

@@ -11,42 +11,64 @@
     posttrain data stats        mix.jsonl [--tokenizer DIR]
 
 Every subcommand that writes OUT also writes OUT.stats.json (its own counts + the dataset summary) and prints both.
+Both are written atomically, OUT first (see `posttrain.data.construct.io`): a killed command leaves the old pair, or
+the new OUT alone, or the new pair. Bad input is one line naming file, line and field (exit 1); bad flags exit 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import sys
+from argparse import ArgumentTypeError
 from pathlib import Path
 
-from posttrain.data.construct.io import read_jsonl, write_jsonl, write_stats
+from posttrain.commandline import ArgumentParser, output_file, positive
+from posttrain.data.construct.io import read_checked, read_conversation_records, write_with_stats
 from posttrain.data.construct.stats import format_summary, summarise
-from posttrain.data.schema import DataError
+from posttrain.errors import UsageError
 
 
 def _finish(name: str, records: list[dict], counts: dict, out: str) -> int:
-    """Write OUT and OUT.stats.json; print the summary."""
-    write_jsonl(records, out)
+    """Write OUT, then OUT.stats.json (both atomic, in that order); print the summary."""
     stats = {"command": name, "output": str(out), **counts, "summary": summarise(records)}
-    path = write_stats(stats, out)
+    path = write_with_stats(records, stats, out)
     print(json.dumps({k: v for k, v in stats.items() if k != "summary"}, indent=2, ensure_ascii=False))
     print(format_summary(stats["summary"]))
     print(f"\nwrote {len(records)} records to {out} (stats: {path})")
     return 0
 
 
-def _path_value(spec: str, what: str) -> tuple[str, float | None]:
-    """'data/a.jsonl:0.3' -> ('data/a.jsonl', 0.3); 'data/a.jsonl' -> ('data/a.jsonl', None)."""
-    path, sep, value = spec.rpartition(":")
-    if sep:
+def _path_value(spec: str, flag: str) -> tuple[str, float | None]:
+    """'data/a.jsonl:0.3' -> ('data/a.jsonl', 0.3); 'data/a.jsonl' -> ('data/a.jsonl', None). The value must be a
+    finite number >= 0 (a rate at most 1); --rate must have one."""
+    path, sep, text = spec.rpartition(":")
+    value = None
+    if sep and path:
         try:
-            return path, float(value)
+            value = float(text)
         except ValueError:
-            pass
-    if what == "rate":
-        raise SystemExit(f"posttrain data mix: --rate needs PATH:RATE, got {spec!r}")
-    return spec, None
+            value = None
+    if value is None:
+        if flag == "--rate":
+            raise UsageError(f"--rate needs PATH:RATE with RATE in [0, 1], got {spec!r}")
+        return spec, None
+    if not math.isfinite(value) or value < 0 or (flag == "--rate" and value > 1):
+        what = "rate must be in [0, 1]" if flag == "--rate" else "weight must be a finite number >= 0"
+        raise UsageError(f"{flag} {spec!r}: the {what}")
+    return path, value
+
+
+def _names(paths: list[str]) -> list[str]:
+    """Source names for meta.mix_source and the stats: the file name without .jsonl, made unique."""
+    names: list[str] = []
+    for p in paths:
+        name = base = Path(p).name.removesuffix(".jsonl")
+        k = 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
 
 
 # ---------------------------------------------------------------------------------------------- subcommands
@@ -55,19 +77,19 @@ def _path_value(spec: str, what: str) -> tuple[str, float | None]:
 def _from_tasks(a) -> int:
     from posttrain.data.construct.tasks import build_from_spec, load_spec, spec_for_file
 
+    if not a.spec and not a.file:
+        raise UsageError("give --spec and/or --file")
     specs, seed = load_spec(a.spec) if a.spec else ([], 0)
     specs += [spec_for_file(f) for f in a.file]
-    if not specs:
-        raise SystemExit("posttrain data from-tasks: give --spec and/or --file")
     records, counts = build_from_spec(specs, a.seed if a.seed is not None else seed, a.spec)
     return _finish("from-tasks", records, counts, a.out)
 
 
 def _from_chat(a) -> int:
     from posttrain.data.construct.chat import convert_chat
-    from posttrain.data.construct.io import read_rows
+    from posttrain.data.readers import read_nonempty
 
-    rows = (r for path in a.inputs for r in read_rows(path))
+    rows = [r for path in a.inputs for r in read_nonempty(path)]
     convs, counts = convert_chat(rows, a.format, dedup=not a.no_dedup)
     return _finish("from-chat", [c.to_dict() for c in convs], counts, a.out)
 
@@ -110,7 +132,7 @@ def _filter(a) -> int:
         ngram=a.ngram,
         seed=a.seed,
     )
-    records = [r for path in a.inputs for _, _, r in read_jsonl(path)]
+    records = [r for path in a.inputs for r in read_conversation_records(path)]
     kept, counts = filter_records(records, cfg)
     return _finish("filter", kept, counts, a.out)
 
@@ -118,20 +140,24 @@ def _filter(a) -> int:
 def _mix(a) -> int:
     from posttrain.data.construct.mixing import mixing_rates, pin_rates, sample_mixture
 
-    free = [_path_value(s, "weight") for s in a.source]
-    pinned = [_path_value(s, "rate") for s in a.rate]
-    paths = [p for p, _ in free] + [p for p, _ in pinned]
-    data = [[r for _, _, r in read_jsonl(p)] for p in paths]
-    sizes = [len(d) for d in data[: len(free)]]
+    free = [_path_value(s, "--source") for s in a.source]
+    pinned = [_path_value(s, "--rate") for s in a.rate]
+    if not free and not pinned:
+        raise UsageError("give at least one --source (or --rate)")
+    if not free and a.total is None:
+        raise UsageError("--rate without any --source needs --total")
     weights = [w for _, w in free] if a.strategy == "weights" else None
     if weights is not None and None in weights:
-        raise SystemExit("posttrain data mix: --strategy weights needs PATH:WEIGHT for every --source")
+        raise UsageError("--strategy weights needs PATH:WEIGHT for every --source")
+    paths = [p for p, _ in free] + [p for p, _ in pinned]
+    data = [read_checked(p) for p in paths]
+    sizes = [len(d) for d in data[: len(free)]]
     rates = pin_rates(
         mixing_rates(sizes, a.strategy, weights, a.cap, a.temperature) if free else [], [r for _, r in pinned]
     )
     capped = sum(min(n, a.cap) if a.cap else n for n in sizes)
     total = a.total or round(capped / max(1e-9, 1 - sum(r for _, r in pinned)))
-    names = [Path(p).name.removesuffix(".jsonl") for p in paths]
+    names = _names(paths)
     records, counts = sample_mixture(data, rates, total, a.seed, names)
     report = {
         "strategy": a.strategy,
@@ -175,12 +201,18 @@ def _stats(a) -> int:
         from posttrain.models import load_tokenizer
 
         tok = load_tokenizer(a.tokenizer)
-    summary = summarise((r for _, _, r in read_jsonl(a.file)), tok)
+    summary = summarise(read_checked(a.file), tok)
     print(json.dumps(summary, indent=2, ensure_ascii=False) if a.json else format_summary(summary))
     return 0
 
 
 # ---------------------------------------------------------------------------------------------- arguments
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ArgumentTypeError("expected a non-empty string")
+    return text
 
 
 def _args_from_tasks(p):
@@ -208,13 +240,13 @@ def _args_self_instruct(p):
     p.add_argument(
         "--model", default=None, help="model name sent to an HTTP endpoint (default: its first model)"
     )
-    p.add_argument("--num-tasks", type=int, default=d.num_tasks)
+    p.add_argument("--num-tasks", type=positive(int), default=d.num_tasks)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--max-rounds", type=int, default=d.max_rounds)
-    p.add_argument("--requests-per-round", type=int, default=d.requests_per_round)
-    p.add_argument("--rouge-threshold", type=float, default=d.rouge_threshold)
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--max-rounds", type=positive(int), default=d.max_rounds)
+    p.add_argument("--requests-per-round", type=positive(int), default=d.requests_per_round)
+    p.add_argument("--rouge-threshold", type=positive(float), default=d.rouge_threshold)
+    p.add_argument("--temperature", type=positive(float, allow_zero=True), default=d.temperature)
+    p.add_argument("--top-p", type=positive(float), default=d.top_p)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
 
@@ -224,18 +256,21 @@ def _args_filter(p):
 
     d = FilterConfig()
     p.add_argument("--in", dest="inputs", action="append", required=True, help="JSONL file (repeatable)")
-    p.add_argument("--min-words", type=int, default=d.min_words)
-    p.add_argument("--max-words", type=int, default=d.max_words)
-    p.add_argument("--min-chars", type=int, default=d.min_chars)
-    p.add_argument("--max-chars", type=int, default=d.max_chars)
+    p.add_argument("--min-words", type=positive(int, allow_zero=True), default=d.min_words)
+    p.add_argument("--max-words", type=positive(int), default=d.max_words)
+    p.add_argument("--min-chars", type=positive(int, allow_zero=True), default=d.min_chars)
+    p.add_argument("--max-chars", type=positive(int), default=d.max_chars)
     p.add_argument(
         "--keep-copied", action="store_true", help="keep responses that copy the input/instruction"
     )
     p.add_argument(
-        "--dedup-threshold", type=float, default=d.dedup_threshold, help="n-gram Jaccard; 0 disables"
+        "--dedup-threshold",
+        type=positive(float, allow_zero=True),
+        default=d.dedup_threshold,
+        help="n-gram Jaccard; 0 disables",
     )
     p.add_argument("--dedup-on", default=d.dedup_on, choices=["prompt", "response", "all"])
-    p.add_argument("--ngram", type=int, default=d.ngram)
+    p.add_argument("--ngram", type=positive(int), default=d.ngram)
     p.add_argument("--seed", type=int, default=d.seed)
 
 
@@ -247,23 +282,23 @@ def _args_mix(p):
         "--rate", action="append", default=[], help="PATH:RATE: pin a source to this share (repeatable)"
     )
     p.add_argument("--strategy", default="proportional", choices=list(STRATEGIES))
-    p.add_argument("--cap", type=int, default=None, help="examples-proportional limit K per source")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--cap", type=positive(int), default=None, help="examples-proportional limit K per source")
+    p.add_argument("--temperature", type=positive(float), default=1.0)
     p.add_argument(
-        "--total", type=int, default=None, help="records to draw (default: the capped source sizes)"
+        "--total", type=positive(int), default=None, help="records to draw (default: the capped source sizes)"
     )
     p.add_argument("--seed", type=int, default=0)
 
 
 def _args_identity(p):
-    p.add_argument("--name", required=True)
-    p.add_argument("--maker", required=True)
-    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--name", required=True, type=_nonempty)
+    p.add_argument("--maker", required=True, type=_nonempty)
+    p.add_argument("--n", type=positive(int), default=200)
     p.add_argument("--seed", type=int, default=0)
 
 
 def _args_safety(p):
-    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--n", type=positive(int), default=200)
     p.add_argument("--prompts", default=None, help="JSONL {prompt, category} or text file; default: built-in")
     p.add_argument("--seed", type=int, default=0)
 
@@ -297,9 +332,8 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser():
-
-    parser = argparse.ArgumentParser(prog="posttrain data", description=__doc__.split("\n")[0])
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="posttrain data", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     for name, (add_args, _, writes, doc) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=doc, description=doc)
@@ -310,11 +344,8 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from posttrain.data.construct.generator import GeneratorError
-
+    """Run one subcommand; user errors are raised (UserError, file errors) for `posttrain.cli.main` to print."""
     args = build_parser().parse_args(argv)
-    try:
-        return SUBCOMMANDS[args.sub][1](args)
-    except (DataError, GeneratorError, ValueError, OSError) as e:
-        print(f"posttrain data {args.sub}: error: {e}", file=sys.stderr)
-        return 2
+    if SUBCOMMANDS[args.sub][2]:
+        output_file(args.out)  # before any work: a directory as --out is refused now, not after the run
+    return SUBCOMMANDS[args.sub][1](args)

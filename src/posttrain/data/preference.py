@@ -13,6 +13,12 @@ Formats (per record with `auto`):
   hh       {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}   (Anthropic hh-rlhf)
   ranking  {"prompt": str | messages, "responses": [str, ...], "ranking": [best index, ..., worst index]}
 
+Checked per record (a DataError names file, line and field): a prompt with no text, a response that is not a string
+or a non-empty message list, a `margin` that is not a finite number, a ranking that is not a permutation of response
+indices. (An empty reply is allowed: a model that says nothing is a response labellers rank, usually last.) A pair whose chosen equals its rejected (after the
+shared prompt is split off; public sets such as hh-rlhf hold a few) teaches nothing: `read_preferences` drops those
+and prints how many (and where the first was) on stderr; a file of nothing else is an error.
+
 A prompt's token ids come from `chat.encode_prompt` (one BOS, ends with the generation prompt). A response's
 ids are the ids of the whole conversation minus that prefix, up to and including the reply's end-of-turn
 token; the prefix is checked, so chosen and rejected always share identical prompt ids.
@@ -20,8 +26,10 @@ token; the prefix is checked, so chosen and rejected always share identical prom
 
 from __future__ import annotations
 
+import math
 import random
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +42,7 @@ from posttrain.data.schema import (  # noqa: F401  (PairSample, RankSample re-ex
     Ranking,
     RankSample,
     messages_from,
+    require_prompt,
     where,
 )
 
@@ -44,12 +53,11 @@ FORMATS = ("auto", "pairs", "hh", "ranking")
 
 
 def _assistant(obj: Any, path: str | None, line: int | None, fld: str) -> list[Message]:
-    """A response: a plain string is one assistant message; a list is parsed as messages."""
-    if isinstance(obj, str):
-        return [Message("assistant", obj)]
-    msgs = messages_from(obj, path, line, fld)
+    """A response: a plain string is one assistant message; a list is parsed as messages (an empty list is an error;
+    an empty reply is a response like any other, and usually the worse one)."""
+    msgs = [Message("assistant", obj)] if isinstance(obj, str) else messages_from(obj, path, line, fld)
     if not msgs:
-        raise DataError(f"{where(path, line, fld)}: empty response")
+        raise DataError(f"{where(path, line, fld)}: empty response (no messages)")
     return msgs
 
 
@@ -76,8 +84,8 @@ def _margin(rec: dict, path: str | None, line: int | None) -> float | None:
     m = rec.get("margin")
     if m is None:
         return None
-    if isinstance(m, bool) or not isinstance(m, (int, float)):
-        raise DataError(f"{where(path, line, 'margin')}: expected a number, got {m!r}")
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
+        raise DataError(f"{where(path, line, 'margin')}: expected a finite number, got {m!r}")
     return float(m)
 
 
@@ -98,8 +106,7 @@ def parse_pair(rec: dict, path: str | None = None, line: int | None = None) -> P
         prompt = messages_from(rec["prompt"], path, line, "prompt")
     else:  # implicit prompt: whole conversations in chosen / rejected
         prompt, chosen, rejected = split_shared_prefix(chosen, rejected, path, line)
-    if not prompt:
-        raise DataError(f"{where(path, line, 'prompt')}: empty prompt")
+    require_prompt(prompt, path, line, "prompt")
     return Preference(prompt, chosen, rejected, _margin(rec, path, line), _meta(rec, path, line))
 
 
@@ -127,11 +134,16 @@ def parse_hh(rec: dict, path: str | None = None, line: int | None = None) -> Pre
     chosen = hh_turns(rec.get("chosen"), path, line, "chosen")
     rejected = hh_turns(rec.get("rejected"), path, line, "rejected")
     prompt, c, r = split_shared_prefix(chosen, rejected, path, line)
+    require_prompt(prompt, path, line, "chosen")
     return Preference(prompt, c, r, _margin(rec, path, line), _meta(rec, path, line))
 
 
 def parse_ranking(rec: dict, path: str | None = None, line: int | None = None) -> Ranking:
-    prompt = messages_from(rec.get("prompt"), path, line, "prompt")
+    if "prompt" not in rec:
+        raise DataError(
+            f"{where(path, line, 'prompt')}: missing (a ranking needs prompt, responses and ranking)"
+        )
+    prompt = require_prompt(messages_from(rec["prompt"], path, line, "prompt"), path, line, "prompt")
     responses, ranking = rec.get("responses"), rec.get("ranking")
     if (
         not isinstance(responses, list)
@@ -139,7 +151,11 @@ def parse_ranking(rec: dict, path: str | None = None, line: int | None = None) -
         or not all(isinstance(x, str) for x in responses)
     ):
         raise DataError(f"{where(path, line, 'responses')}: expected a list of at least 2 strings")
-    if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))):
+    if (
+        not isinstance(ranking, list)
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in ranking)
+        or sorted(ranking) != list(range(len(responses)))
+    ):
         raise DataError(
             f"{where(path, line, 'ranking')}: expected a permutation of 0..{len(responses) - 1} "
             f"(response indices, best first), got {ranking!r}"
@@ -195,9 +211,22 @@ def read_preferences(
     """Every record of `source` (file, comma-separated files, Hub name) as a Preference or a Ranking."""
     from posttrain.data.readers import read_records
 
-    items = [parse_record(rec, format, path, line, system_prompt) for path, line, rec in read_records(source)]
+    items, same = [], []
+    for path, line, rec in read_records(source):
+        item = parse_record(rec, format, path, line, system_prompt)
+        if isinstance(item, Preference) and item.chosen == item.rejected:
+            same.append(where(path, line))
+        else:
+            items.append(item)
+    if same and not items:
+        raise DataError(f"{same[0]} field 'rejected': the same as chosen, like every pair of {source}")
+    if same:
+        print(
+            f"posttrain: {source}: dropped {len(same)} pair(s) whose chosen equals rejected (first: {same[0]})",
+            file=sys.stderr,
+        )
     if not items:
-        raise DataError(f"{source}: no preference records")
+        raise DataError(f"{source}: no preference records (the file is empty)")
     return items
 
 
@@ -356,6 +385,19 @@ def tokenize_rankings(
 
 
 # re-exported: collation and the batch source used to live here
+def record_messages(rec: dict, path: str, line: int) -> list[Message]:
+    """The messages of any record posttrain reads (every format above, preference pairs with the chosen reply,
+    rankings with the best one), checked: a bad record is a DataError naming file, line and field."""
+    if "chosen" in rec or {"responses", "ranking"} <= set(rec):
+        item = parse_record(rec, "auto", path, line)
+        if isinstance(item, Ranking):
+            return [*item.prompt, Message("assistant", item.responses[item.ranking[0]])]
+        return [*item.prompt, *item.chosen]
+    from posttrain.data.readers import FORMATS, detect_format
+
+    return FORMATS[detect_format(rec, path, line)](rec, path, line)
+
+
 from posttrain.data.preference_batches import (  # noqa: E402, F401
     ROW_LENGTH,
     PreferenceBatches,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from posttrain.data.schema import DataError, Message, messages_from, where
+from posttrain.data.schema import DataError, Message, messages_from, require_prompt, where
 
 PROMPT_FORMS = ("chosen", "ranking", "messages", "conversations", "prompt", "instruction")
 """Record keys that make a prompt, in the order they are looked for."""
@@ -54,8 +54,7 @@ def prompt_messages(
         msgs = messages_from(rec[key], path, line, key)
         while key != "prompt" and msgs and msgs[-1].role == "assistant":
             replies.insert(0, msgs.pop().content)
-    if not msgs or not any(m.content.strip() for m in msgs if m.role != "system"):
-        raise DataError(f"{where(path, line, key)}: the prompt is empty")
+    require_prompt(msgs, path, line, key)
     if msgs[-1].role == "assistant":
         raise DataError(f"{where(path, line, key)}: the prompt must end with a user (or system) message")
     if system_prompt and msgs[0].role != "system":

@@ -14,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from posttrain.errors import UserError
+
 ROLES = ("system", "user", "assistant")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names file, line and field."""
 
 
@@ -172,6 +174,15 @@ def messages_from(
             raise DataError(f"{where(path, line, f'{fld}[{i}].content')}: expected a string, got {content!r}")
         out.append(Message(role, content))
     return out
+
+
+def require_prompt(
+    msgs: list[Message], path: str | None, line: int | None, fld: str = "prompt"
+) -> list[Message]:
+    """`msgs`, refused (DataError naming file, line and field) when no user or assistant turn has any text."""
+    if not any(m.content.strip() for m in msgs if m.role != "system"):
+        raise DataError(f"{where(path, line, fld)}: empty prompt")
+    return msgs
 
 
 _ROLE_ALIASES = {

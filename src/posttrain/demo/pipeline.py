@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from posttrain.atomic import atomic_write_text
 from posttrain.demo.base import ensure_base
 from posttrain.demo.data import Skip as DataSkip
 from posttrain.demo.evaluate import Evaluator
@@ -35,7 +37,7 @@ class Skip(Exception):
 
 def _write_jsonl(records: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return path
 
 
@@ -106,10 +108,13 @@ class Pipeline:
             traceback.print_exc()
         wall = time.time() - t0
         self.report["stages"][name] = {"status": status, "wall_s": round(wall, 1), "note": note}
-        (self.out / "report.partial.json").write_text(json.dumps(self.report, indent=2, default=str))
+        atomic_write_text(self.out / "report.partial.json", json.dumps(self.report, indent=2, default=str))
         self.log(f"[demo] {name} {status} in {wall:.1f}s" + (f" ({note})" if note else ""))
 
     def _overrides(self, model: str, data: str, out: str, train: dict[str, Any]) -> list[str]:
+        """A stage's command line. The demo owns its directories: the stage's output from an earlier demo is
+        removed here, so the run starts afresh instead of being refused as another run in the same place."""
+        shutil.rmtree(out, ignore_errors=True)
         base = {
             "model": model,
             "data": data,

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from posttrain.atomic import atomic_write_text
 from posttrain.demo.settings import PEFT_METHODS
 
 
@@ -243,6 +244,6 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Any]:
         report["plots"] = plots(report, out)
     except ImportError as e:  # matplotlib is an optional extra
         report["plots"] = f"skipped: {e}"
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "report.md").write_text(markdown(report))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out / "report.md", markdown(report))
     return report

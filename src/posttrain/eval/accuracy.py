@@ -21,6 +21,8 @@ import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from posttrain.config import ConfigError
+from posttrain.data.schema import DataError, where
 from posttrain.eval.io import EvalRow, read_eval_rows
 
 Metric = Callable[[str, str, EvalRow], float]
@@ -58,23 +60,31 @@ DEFAULT_METRICS = ("exact", "normalized", "contains")
 def load_user_metric(spec: str) -> Metric:
     """`package.module:function` or `path/to/file.py:function` -> the function."""
     if ":" not in spec:
-        raise ValueError(f"user metric {spec!r}: expected 'module:function' or 'file.py:function'")
+        raise ConfigError(f"user metric {spec!r}: expected 'module:function' or 'file.py:function'")
     module_name, func_name = spec.rsplit(":", 1)
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise ValueError(f"user metric {spec!r}: no file {path}")
-        loader_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(loader_spec)
-        loader_spec.loader.exec_module(module)
-    else:
-        try:
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise ConfigError(f"user metric {spec!r}: no file {path}")
+            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
             module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ValueError(f"user metric {spec!r}: cannot import {module_name!r} ({e})") from None
+    except ConfigError:
+        raise
+    except SyntaxError as e:
+        raise ConfigError(
+            f"user metric {spec!r}: {where(e.filename, e.lineno)}: invalid Python ({e.msg})"
+        ) from None
+    except Exception as e:  # the user's module failed to import: say so in one line, whatever it raised
+        raise ConfigError(
+            f"user metric {spec!r}: cannot import {module_name!r} ({type(e).__name__}: {e})"
+        ) from None
     fn = getattr(module, func_name, None)
     if not callable(fn):
-        raise ValueError(f"user metric {spec!r}: {module_name} has no function {func_name!r}")
+        raise ConfigError(f"user metric {spec!r}: {module_name} has no function {func_name!r}")
     return fn
 
 
@@ -84,7 +94,9 @@ def resolve_metrics(
     """Name -> function for the built-ins named, plus the user metric (as `user` or its function name)."""
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; expected some of {', '.join(METRICS)}")
+        raise ConfigError(
+            f"accuracy.metrics: unknown metric(s) {unknown}; expected some of {', '.join(METRICS)}"
+        )
     out = {n: METRICS[n] for n in names}
     if user_metric is not None:
         fn = load_user_metric(user_metric) if isinstance(user_metric, str) else user_metric
@@ -146,10 +158,11 @@ def score_file(
 ) -> dict:
     """Accuracy of the `prediction` field of every record of `source` (no model)."""
     rows = read_eval_rows(source)
-    missing = [i for i, r in enumerate(rows) if r.prediction is None]
+    missing = [r for r in rows if r.prediction is None]
     if missing:
-        raise ValueError(
-            f"{source}: {len(missing)} record(s) have no 'prediction' field (first: record {missing[0] + 1})"
+        raise DataError(
+            f"{where(missing[0].path, missing[0].line, 'prediction')}: missing "
+            f"({len(missing)} of {len(rows)} records have no 'prediction')"
         )
     return score_predictions(rows, [r.prediction for r in rows], metrics, user_metric)
 

@@ -4,7 +4,9 @@
     posttrain eval --config eval.yaml --compare base=runs/base --compare dpo=runs/base:runs/dpo/final
     posttrain eval accuracy.predictions=preds.jsonl          # score given predictions, no model
 
-Writes report.json, report.md and comparison plots to `output_dir` and prints the headline numbers.
+Writes report.json, report.md and comparison plots to `output_dir` and prints the headline numbers. Every input is
+read and every model scored before anything is written, and each report file is replaced atomically: a failed or
+killed eval leaves an existing report as it was (see `posttrain.eval.report.write_report` for the order).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from posttrain.commandline import ArgumentParser, output_dir
 from posttrain.config import ConfigError, load_config
-from posttrain.data.schema import DataError
 from posttrain.eval.config import EvalConfig, ModelSpec
 from posttrain.eval.report import write_report
 from posttrain.eval.run import evaluate
@@ -44,7 +46,7 @@ def _summary(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="posttrain eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="YAML file of EvalConfig keys")
@@ -58,14 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "overrides", nargs="*", help="key=value overrides, e.g. likelihood.data=heldout.jsonl"
     )
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = load_config(EvalConfig, args.config, args.overrides)
-        cfg.compare = [*cfg.compare, *(parse_compare(c) for c in args.compare)]
-        results = evaluate(cfg)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
-        print(f"posttrain eval: {e}", file=sys.stderr)
-        return 2
+    # intermixed: key=value overrides may come after --compare too
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(EvalConfig, args.config, args.overrides)
+    cfg.compare = [*cfg.compare, *(parse_compare(c) for c in args.compare)]
+    output_dir(cfg.output_dir, "output_dir")  # refused now, not after every model was scored
+    results = evaluate(cfg)
     paths = write_report(results, cfg.output_dir, cfg.plots)
     print(_summary(results))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -46,6 +46,10 @@ class EvalRow:
     """A given prediction (predictions files) instead of a generated one."""
     meta: dict[str, Any] = field(default_factory=dict)
     """The record's free-form meta."""
+    path: str = ""
+    """The file the row was read from (for error messages)."""
+    line: int = 0
+    """Its 1-based line (JSONL, CSV) or record number."""
 
 
 def read_records(source: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
@@ -109,7 +113,7 @@ def parse_eval_row(
     if system_prompt and prompt[0].role != "system":
         prompt = [Message("system", system_prompt), *prompt]
     meta = rec["meta"] if isinstance(rec.get("meta"), dict) else {}
-    return EvalRow(prompt, references, _task(rec), prediction, meta)
+    return EvalRow(prompt, references, _task(rec), prediction, meta, path, line)
 
 
 def _expand_instances(rec: dict[str, Any], path: str, line: int) -> list[dict[str, Any]]:

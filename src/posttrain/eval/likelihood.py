@@ -77,7 +77,12 @@ def perplexity(
     finally:
         model.train(was_training)
     if count == 0:
-        raise ValueError("no assistant tokens to score: every conversation needs an assistant reply")
+        from posttrain.data.schema import DataError
+
+        raise DataError(
+            f"no assistant tokens to score within likelihood.max_length={max_length}: every conversation needs an "
+            "assistant reply that starts before the limit"
+        )
     loss = total / count
     return {
         "loss": loss,

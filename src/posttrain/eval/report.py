@@ -22,6 +22,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from posttrain.atomic import atomic_open, atomic_write_text
+
 SAMPLE_CHARS = 300
 """Longest text shown in a cell of the sample tables (the JSON keeps everything)."""
 
@@ -121,6 +123,15 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _save(fig, path: Path) -> None:
+    """A figure as PNG, atomically (temporary file + rename)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
+    plt.close(fig)
+
+
 def _bar_plot(section: str, by_model: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -142,8 +153,7 @@ def _bar_plot(section: str, by_model: dict[str, dict[str, Any]], path: Path) -> 
         ax.set_title(key)
     fig.suptitle(section)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _win_rate_plot(win_rates: list[dict[str, Any]], path: Path) -> None:
@@ -165,27 +175,44 @@ def _win_rate_plot(win_rates: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("win rate (95% bootstrap CI)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """The comparison PNGs; none, with a note, when matplotlib is not installed (the report does not need them)."""
+    import importlib.util
+    import sys
+
+    bars = {s: by_model for s, by_model in results["metrics"].items() if len(by_model) > 1}
+    wins = results.get("win_rates")
+    if not bars and not wins:
+        return []
+    if importlib.util.find_spec("matplotlib") is None:
+        print(
+            "posttrain eval: plots skipped: matplotlib is not installed (pip install 'posttrain[plot]')",
+            file=sys.stderr,
+        )
+        return []
     written = []
-    for section, by_model in results["metrics"].items():
-        if len(by_model) > 1:
-            written.append(out_dir / f"plot_{section}.png")
-            _bar_plot(section, by_model, written[-1])
-    if results.get("win_rates"):
+    for section, by_model in bars.items():
+        written.append(out_dir / f"plot_{section}.png")
+        _bar_plot(section, by_model, written[-1])
+    if wins:
         written.append(out_dir / "plot_win_rates.png")
-        _win_rate_plot(results["win_rates"], written[-1])
+        _win_rate_plot(wins, written[-1])
     return written
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path, plots: bool = True) -> list[Path]:
-    """Write report.json, report.md and (with `plots`) the comparison PNGs; returns the paths written."""
+    """Write the comparison PNGs (with `plots`), report.md, then report.json; returns the paths written.
+
+    Each file is replaced atomically, and report.json, the record of the run, goes last: a writer killed part way
+    leaves every file whole, and an old report.json means the run did not finish."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
-    (out / "report.md").write_text(render_markdown(results) + "\n", encoding="utf-8")
-    written = [out / "report.json", out / "report.md"]
-    return written + (write_plots(results, out) if plots else [])
+    markdown = render_markdown(results) + "\n"
+    text = json.dumps(results, indent=2, ensure_ascii=False, default=str)
+    pictures = write_plots(results, out) if plots else []
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_text(out / "report.json", text)
+    return [out / "report.json", out / "report.md", *pictures]

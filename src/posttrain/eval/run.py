@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from posttrain.config import to_dict
+from posttrain.config import ConfigError, to_dict
+from posttrain.data.schema import DataError
 from posttrain.eval.accuracy import score_file, score_predictions
 from posttrain.eval.config import EvalConfig, ModelSpec
 from posttrain.eval.generation import respond
@@ -52,7 +53,7 @@ def model_specs(cfg: EvalConfig) -> list[ModelSpec]:
     out, seen = [], set()
     for s in specs:
         if not s.model:
-            raise ValueError(f"compare entry {s!r} has no model")
+            raise ConfigError(f"compare entry {s!r} has no model")
         label = _label(s)
         while label in seen:
             label += "'"
@@ -87,6 +88,11 @@ def read_inputs(cfg: EvalConfig) -> dict[str, list]:
         "identity": cfg.safety.identity,
     }
     inputs = {k: _limit(read_eval_rows(f, cfg.system_prompt), cfg.limit) for k, f in files.items() if f}
+    if "accuracy" in inputs and not any(r.references for r in inputs["accuracy"]):
+        raise DataError(
+            f"{cfg.accuracy.data}: no row has a reference to score against (a reference, answer, output or "
+            "completion field, or a conversation that ends with the assistant's reply)"
+        )
     if cfg.likelihood.data:
         inputs["likelihood"] = _limit(read_conversations(cfg.likelihood.data, cfg.system_prompt), cfg.limit)
     return inputs
@@ -179,11 +185,11 @@ def _refusal_classifier(ctx: Context):
         from posttrain.artifacts.reward import load_reward_model
 
         if not s.reward_model:
-            raise ValueError("safety.classifier=reward needs safety.reward_model")
+            raise ConfigError("safety.classifier=reward needs safety.reward_model")
         rm = load_reward_model(s.reward_model, device=ctx.cfg.device, dtype=ctx.cfg.dtype)
         return RewardClassifier(rm, s.threshold, s.refusal_above)
     if s.classifier != "phrases":
-        raise ValueError(f"safety.classifier must be phrases | reward, got {s.classifier!r}")
+        raise ConfigError(f"safety.classifier must be phrases | reward, got {s.classifier!r}")
     return PhraseClassifier(load_phrases(s.phrases)) if s.phrases else PhraseClassifier()
 
 
@@ -230,7 +236,7 @@ def _setup(ctx: Context) -> None:
     c = ctx.cfg
     if "preference" in ctx.inputs:
         if not c.preference.reward_model and not c.preference.kl_reference:
-            raise ValueError(
+            raise ConfigError(
                 "preference.data is set but neither preference.reward_model nor preference.kl_reference"
             )
         if c.preference.reward_model:
@@ -243,7 +249,7 @@ def _setup(ctx: Context) -> None:
         ctx.refusal = _refusal_classifier(ctx)
     if "identity" in ctx.inputs and not c.safety.identity_names:
         if not all(r.references for r in ctx.inputs["identity"]):
-            raise ValueError("safety.identity needs safety.identity_names (or a reference on every row)")
+            raise ConfigError("safety.identity needs safety.identity_names (or a reference on every row)")
 
 
 def _free_memory() -> None:
@@ -264,15 +270,31 @@ def _pairwise_win_rates(ctx: Context) -> None:
         ctx.results["win_rates"].append({"a": names[0], "b": other, **w})
 
 
+def _check_models(cfg: EvalConfig, specs: list[ModelSpec]) -> None:
+    """Every model and adapter path that cannot exist is refused now, not after the models before it were scored."""
+    from posttrain.artifacts.model import check_adapter_dir
+    from posttrain.models import check_model_name
+
+    kl = cfg.preference.kl_reference
+    reference = (
+        [ModelSpec("kl_reference", kl, cfg.preference.kl_reference_adapter)] if kl and kl != "base" else []
+    )
+    for spec in [*specs, *reference]:
+        check_model_name(spec.model)
+        if spec.adapter:
+            check_adapter_dir(spec.adapter)
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every enabled section on every model; the dict `write_report` takes."""
     specs = model_specs(cfg)
+    _check_models(cfg, specs)
     inputs = read_inputs(cfg)
     sections = _enabled(inputs)
     if sections and not specs:
-        raise ValueError(f"sections {sections} need a model: set `model`")
+        raise ConfigError(f"sections {sections} need a model: set `model`")
     if not sections and not cfg.accuracy.predictions:
-        raise ValueError(
+        raise ConfigError(
             "nothing to evaluate: give likelihood.data, accuracy.data, accuracy.predictions, "
             "preference.data, or safety.harmful / benign / identity"
         )

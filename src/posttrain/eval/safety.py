@@ -57,10 +57,13 @@ def is_refusal(text: str, phrases: Sequence[str] = DEFAULT_PHRASES) -> bool:
 
 def load_phrases(path: str | Path) -> list[str]:
     """One phrase per line; blank lines and lines starting with '#' skipped."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    from posttrain.data.readers import read_lines
+    from posttrain.data.schema import DataError
+
+    lines = [line for _, line in read_lines(path)]
     phrases = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not phrases:
-        raise ValueError(f"{path}: no refusal phrases (one per line)")
+        raise DataError(f"{path}: no refusal phrases (one per line)")
     return phrases
 
 

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sqlite3
 import sys
 from pathlib import Path
 
+from posttrain.atomic import atomic_write_jsonl
 from posttrain.data.construct.io import read_jsonl
 from posttrain.data.prompts import prompt_messages
 from posttrain.data.schema import DataError, where
+from posttrain.errors import UsageError, UserError
 from posttrain.feedback.agreement import agreement
-from posttrain.feedback.store import Store
+from posttrain.feedback.store import Store, StoreError
+from posttrain.feedback.validate import MAX_RESPONSES
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors raise UsageError, which `posttrain.cli.main` prints as one line (exit 2)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _read_jsonl(path: str) -> list[tuple[int, dict]]:
+    """Rows of a JSONL file; the shared reader names file and line for bad bytes, bad JSON and non-objects."""
     rows = [(n, row) for _, n, row in read_jsonl(path)]
     if not rows:
         raise DataError(f"{path}: no rows")
@@ -33,13 +44,14 @@ def import_responses(path: str) -> list[dict]:
         responses = row.get("responses")
         if (
             not isinstance(responses, list)
-            or len(responses) < 2
+            or not 2 <= len(responses) <= MAX_RESPONSES
             or not all(isinstance(r, str) for r in responses)
         ):
-            raise DataError(f"{where(path, n, 'responses')}: expected a list of at least two strings")
-        items.append(
-            {"prompt": _prompt_of(row, path, n), "responses": responses, "meta": row.get("meta", {})}
-        )
+            raise DataError(f"{where(path, n, 'responses')}: expected a list of 2..{MAX_RESPONSES} strings")
+        meta = row.get("meta", {})
+        if not isinstance(meta, dict):
+            raise DataError(f"{where(path, n, 'meta')}: expected an object, got {type(meta).__name__}")
+        items.append({"prompt": _prompt_of(row, path, n), "responses": responses, "meta": meta})
     return items
 
 
@@ -73,114 +85,187 @@ def sample_responses(
 
 
 def export(db: str, out: str, include_flagged: bool = True) -> int:
-    """One K-way ranking per (task, labeller), newest judgement; `posttrain rm data_format=ranking` reads it."""
-    rows = 0
-    tmp = Path(out).with_suffix(Path(out).suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for j in Store(db).judgements(latest_only=True):
-            if j["flags"] and not include_flagged:
-                continue
-            meta = {
+    """One K-way ranking per (task, labeller), newest judgement; `posttrain rm data_format=ranking` reads it.
+    The file is replaced atomically: a failed export leaves the previous one as it was."""
+    if Path(out).resolve() == Path(db).resolve():
+        raise UsageError(f"--out {out} is the database itself; choose another file")
+    if Path(out).is_dir():
+        raise UserError(f"{out}: is a directory; --out needs a file name")
+    judgements = Store(db, create=False).judgements(latest_only=True)
+    rows = (
+        {
+            "prompt": j["prompt"],
+            "responses": j["responses"],
+            "ranking": j["ranking"],
+            "meta": {
                 **j["meta"],
                 "task_id": j["task_id"],
                 "labeller": j["labeller"],
                 "flags": j["flags"],
                 "criteria": j["criteria"],
-            }
-            f.write(
-                json.dumps(
-                    {
-                        "prompt": j["prompt"],
-                        "responses": j["responses"],
-                        "ranking": j["ranking"],
-                        "meta": meta,
-                    }
-                )
-                + "\n"
-            )
-            rows += 1
-    tmp.replace(out)
-    return rows
+            },
+        }
+        for j in judgements
+        if include_flagged or not j["flags"]
+    )
+    try:
+        return atomic_write_jsonl(out, rows)
+    except OSError as e:  # FileExistsError here: mkdir met a file where the folder should be
+        reason = "a parent folder is a file" if isinstance(e, FileExistsError) else e.strerror or e
+        raise UserError(f"{out}: cannot write the export ({reason})") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="posttrain label", description=__doc__)
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {value}")
+    return value
+
+
+def _name(text: str) -> str:
+    if not 1 <= len(text.strip()) <= 64 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"a labeller name is 1..64 printable characters, got {text!r:.80}")
+    return text.strip()
+
+
+def _host_name(text: str) -> str:
+    if not text or any(c in text for c in "/ @\t"):
+        raise argparse.ArgumentTypeError(f"expected a host name (optionally :port), got {text!r}")
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="posttrain label", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve the ranking page")
     s.add_argument("--db", required=True)
     s.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=_port, default=8000)
+    s.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        type=_host_name,
+        help="another Host name clients use (e.g. this machine's name when --host 0.0.0.0); repeatable",
+    )
     a = sub.add_parser("add", help="add tasks: sample K responses with a model, or import them")
     a.add_argument("--db", required=True)
     a.add_argument("--prompts", help="JSONL of prompts (prompt | messages | instruction) for --model")
     a.add_argument("--model")
     a.add_argument("--adapter")
-    a.add_argument("--k", type=int, default=4)
-    a.add_argument("--max-new-tokens", type=int, default=128)
+    a.add_argument("--k", type=_at_least(2), default=4)
+    a.add_argument("--max-new-tokens", type=_at_least(1), default=128)
     a.add_argument("--temperature", type=float, default=1.0)
     a.add_argument("--template", default="auto")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--responses", help="JSONL of {prompt|messages, responses: [...]} to import")
-    a.add_argument("--max-labels", type=int, default=1, help="show each task to up to M labellers")
+    a.add_argument("--max-labels", type=_at_least(1), default=1, help="show each task to up to M labellers")
     t = sub.add_parser("token", help="create a labeller and print their token")
     t.add_argument("--db", required=True)
-    t.add_argument("--name", required=True)
+    t.add_argument("--name", required=True, type=_name)
     e = sub.add_parser("export", help="write K-way rankings JSONL for `posttrain rm`")
     e.add_argument("--db", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--skip-flagged", action="store_true")
     st = sub.add_parser("stats", help="counts and inter-labeller agreement")
     st.add_argument("--db", required=True)
-    args = p.parse_args(argv)
+    return p
 
-    if args.cmd == "serve":
-        from posttrain.feedback.server import make_server
 
-        server = make_server(args.db, args.host, args.port)
+def serve(args) -> int:
+    from posttrain.feedback.server import is_loopback, make_server, url_host
+
+    try:
+        server = make_server(args.db, args.host, args.port, allowed_hosts=tuple(args.allowed_host))
+    except OSError as e:
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    if not is_loopback(args.host):
         print(
-            f"posttrain label: serving {args.db} on http://{args.host}:{server.server_address[1]}/?token=TOKEN "
-            "(Ctrl-C to stop)",
-            flush=True,
+            f"posttrain label: warning: bound to {args.host}, beyond loopback: anyone who can reach it can try "
+            "tokens over plain HTTP",
+            file=sys.stderr,
         )
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        return 0
-    if args.cmd == "add":
-        if bool(args.responses) == bool(args.model):
-            p.error("add needs exactly one of --responses FILE or --model DIR (with --prompts)")
-        if args.model and not args.prompts:
-            p.error("--model needs --prompts FILE.jsonl")
-        items = (
-            import_responses(args.responses)
-            if args.responses
-            else sample_responses(
-                args.prompts,
-                args.model,
-                args.adapter,
-                args.k,
-                args.max_new_tokens,
-                args.temperature,
-                args.template,
-                args.seed,
-            )
+    print(
+        f"posttrain label: serving {args.db} on http://{url_host(args.host)}:{server.server_address[1]}/?token=TOKEN "
+        "(Ctrl-C to stop)",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def add(args) -> int:
+    if bool(args.responses) == bool(args.model):
+        raise UsageError("add needs exactly one of --responses FILE or --model DIR (with --prompts)")
+    if args.model and not args.prompts:
+        raise UsageError("add --model needs --prompts FILE.jsonl")
+    items = (
+        import_responses(args.responses)
+        if args.responses
+        else sample_responses(
+            args.prompts,
+            args.model,
+            args.adapter,
+            args.k,
+            args.max_new_tokens,
+            args.temperature,
+            args.template,
+            args.seed,
         )
-        n = Store(args.db).add_tasks(items, max_labels=args.max_labels)
-        print(f"added {n} tasks to {args.db}")
-        return 0
-    if args.cmd == "token":
-        print(Store(args.db).add_labeller(args.name))
-        return 0
-    if args.cmd == "export":
-        n = export(args.db, args.out, include_flagged=not args.skip_flagged)
-        print(f"wrote {n} rankings to {args.out}")
-        return 0
-    store = Store(args.db)
+    )
+    n = Store(args.db).add_tasks(items, max_labels=args.max_labels)
+    print(f"added {n} tasks to {args.db}")
+    return 0
+
+
+def token(args) -> int:
+    print(Store(args.db, create=False).add_labeller(args.name))
+    return 0
+
+
+def export_command(args) -> int:
+    n = export(args.db, args.out, include_flagged=not args.skip_flagged)
+    print(f"wrote {n} rankings to {args.out}")
+    return 0
+
+
+def stats(args) -> int:
+    store = Store(args.db, create=False)
     report = {**store.counts(), **agreement(store.judgements(latest_only=True))}
     for k, v in report.items():
         print(f"{k:>16}: {v:.3f}" if isinstance(v, float) else f"{k:>16}: {v}")
     return 0
+
+
+COMMANDS = {"serve": serve, "add": add, "token": token, "export": export_command, "stats": stats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except (
+        sqlite3.DatabaseError
+    ) as e:  # e.g. locked past the busy timeout, or a foreign db with a `tasks` table
+        raise StoreError(f"{args.db}: {e}") from None
 
 
 if __name__ == "__main__":

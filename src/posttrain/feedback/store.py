@@ -3,6 +3,10 @@
 Judgements are append-only: a labeller who ranks a task again adds a new row; export uses the newest one per
 (task, labeller) and the history stays. WAL mode lets several labellers write at once; every write runs in its own
 short `BEGIN IMMEDIATE` transaction so concurrent submissions serialise instead of failing.
+
+A judgement is accepted only from a labeller who holds the task's lease (handed out by `next_task`) while fewer than
+`max_labels` labellers have judged it, or who judged it before (a revision adds a row, not a labeller); the check and
+the insert share one transaction, so concurrent submissions cannot push a task past `max_labels`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from posttrain.errors import UserError
+from posttrain.feedback.validate import MAX_RESPONSES, check_judgement, check_task_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -55,8 +62,12 @@ LEASE_SECONDS = 15 * 60
 """A task handed to a labeller counts against `max_labels` for this long, so M labellers at most see it."""
 
 
-class StoreError(ValueError):
-    """A request the store refuses (bad ranking, unknown task, ...)."""
+class StoreError(UserError, ValueError):
+    """A request the store refuses (unknown task, unusable database file, ...)."""
+
+
+class LeaseConflict(StoreError):
+    """A judgement for a task not leased to this labeller, or one that already has its `max_labels` labellers."""
 
 
 @dataclass
@@ -72,11 +83,30 @@ def _hash(token: str) -> str:
 
 
 class Store:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, create: bool = True):
+        """Open the store at `path`; create=False refuses a missing file or one without the store's tables."""
         self.path = str(path)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+        if not create and not Path(path).is_file():
+            raise StoreError(
+                f"{path}: no such labelling database (`posttrain label add --db {path}` creates one)"
+            )
+        try:
+            db = self._connect()
+            try:
+                self._open(db, create)
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path}: not a usable SQLite database ({e})") from None
+
+    def _open(self, db: sqlite3.Connection, create: bool) -> None:
+        # read before any write, so a file that is not ours is left byte-for-byte as it was
+        tables = db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        columns = {row["name"] for row in db.execute("PRAGMA table_info(tasks)")}
+        if (tables or not create) and not {"prompt", "responses", "max_labels"} <= columns:
+            raise StoreError(f"{self.path}: not a labelling database (it has no tasks table of this store)")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -93,7 +123,8 @@ class Store:
             yield db
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # not when BEGIN itself failed
+                db.execute("ROLLBACK")
             raise
         finally:
             db.close()
@@ -125,11 +156,15 @@ class Store:
     # ---- tasks ----------------------------------------------------------------------------------------------
     def add_tasks(self, items: list[dict[str, Any]], max_labels: int = 1) -> int:
         """items: {prompt: [messages], responses: [str, ...], meta: {...}}; returns how many were added."""
+        if max_labels < 1:
+            raise StoreError(f"max_labels must be at least 1, got {max_labels}")
         now = time.time()
         with self._write() as db:
             for it in items:
-                if len(it["responses"]) < 2:
-                    raise StoreError("a task needs at least two responses to rank")
+                if not 2 <= len(it["responses"]) <= MAX_RESPONSES:
+                    raise StoreError(
+                        f"a task needs 2..{MAX_RESPONSES} responses to rank, got {len(it['responses'])}"
+                    )
                 db.execute(
                     "INSERT INTO tasks(prompt, responses, meta, max_labels, created_at) VALUES (?, ?, ?, ?, ?)",
                     (
@@ -180,16 +215,16 @@ class Store:
         flags: list[int] | None = None,
         comment: str = "",
     ) -> int:
-        """Append a judgement; returns its row id. The ranking must be a permutation of the task's responses."""
+        """Append a judgement; returns its row id. The fields are checked by `validate.check_judgement`; the
+        labeller must hold the task's lease (or have judged it before) and the task must have room."""
+        check_task_id(task_id)
+        criteria, flags = ({} if criteria is None else criteria), ([] if flags is None else flags)
         with self._write() as db:
-            row = db.execute("SELECT responses FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            row = db.execute("SELECT responses, max_labels FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:
                 raise StoreError(f"unknown task {task_id}")
-            k = len(json.loads(row["responses"]))
-            if sorted(ranking) != list(range(k)):
-                raise StoreError(f"ranking must order all {k} responses exactly once, got {ranking}")
-            if any(not isinstance(f, int) or not 0 <= f < k for f in flags or []):
-                raise StoreError(f"flags must be response indices in 0..{k - 1}")
+            check_judgement(ranking, criteria, flags, comment, k=len(json.loads(row["responses"])))
+            self._check_lease(db, labeller_id, task_id, row["max_labels"])
             cur = db.execute(
                 "INSERT INTO judgements(task_id, labeller_id, ranking, criteria, flags, comment, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -197,14 +232,28 @@ class Store:
                     task_id,
                     labeller_id,
                     json.dumps(ranking),
-                    json.dumps(criteria or {}),
-                    json.dumps(flags or []),
+                    json.dumps(criteria),
+                    json.dumps(flags),
                     comment,
                     time.time(),
                 ),
             )
             db.execute("DELETE FROM leases WHERE task_id = ? AND labeller_id = ?", (task_id, labeller_id))
             return int(cur.lastrowid)
+
+    @staticmethod
+    def _check_lease(db: sqlite3.Connection, labeller_id: int, task_id: int, max_labels: int) -> None:
+        """Runs inside submit's BEGIN IMMEDIATE transaction: no other writer can change these counts meanwhile."""
+        key = (task_id, labeller_id)
+        if db.execute("SELECT 1 FROM judgements WHERE task_id = ? AND labeller_id = ?", key).fetchone():
+            return  # a revision: this labeller already counts towards max_labels
+        if not db.execute("SELECT 1 FROM leases WHERE task_id = ? AND labeller_id = ?", key).fetchone():
+            raise LeaseConflict(f"task {task_id} is not leased to you (take tasks from /api/next)")
+        judged = db.execute(
+            "SELECT COUNT(DISTINCT labeller_id) FROM judgements WHERE task_id = ?", (task_id,)
+        ).fetchone()[0]
+        if judged >= max_labels:
+            raise LeaseConflict(f"task {task_id} already has its {max_labels} labeller(s)")
 
     # ---- reading --------------------------------------------------------------------------------------------
     def progress(self, labeller_id: int) -> dict[str, int]:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from posttrain.checks import NON_NEGATIVE, POSITIVE, Check, at_least
 from posttrain.data.schema import PAIR_MODES
 from posttrain.modeling import lm_forward, sum_per_row, token_logprobs
 
@@ -56,6 +57,14 @@ class DPOArgs:
     share_prompt: bool = True
     """One row [prompt, chosen, rejected] per pair with a 4D attention mask, so the prompt is computed once
     (sdpa attention; ignored for prefix/prompt tuning, other attention kernels and sliding-window models)."""
+
+    checks: ClassVar[dict] = {
+        "beta": POSITIVE,
+        "label_smoothing": Check(lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+        "simpo_gamma": NON_NEGATIVE,
+        "rpo_alpha": NON_NEGATIVE,
+        "prompt_floor": at_least(0),
+    }
 
 
 @dataclass

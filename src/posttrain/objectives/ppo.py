@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
+from posttrain.checks import NON_NEGATIVE, POSITIVE, UNIT, Check, at_least
 from posttrain.data.schema import PromptRow
 from posttrain.modeling import head, lm_forward, token_logprobs
 
@@ -81,6 +82,28 @@ class PPOArgs:
     """shared (value head on the policy's trunk) | separate (a critic copy of the model with its own head)."""
     allow_biased_sampling: bool = False
     """Allow top_k / top_p / min_new_tokens, whose samples do not follow the policy's distribution."""
+
+    checks: ClassVar[dict] = {
+        "rollout_batch_size": at_least(1),
+        "samples_per_prompt": at_least(1),
+        "mini_batch_size": at_least(1),
+        "ppo_epochs": at_least(1),
+        "max_prompt_length": at_least(1),
+        "max_new_tokens": at_least(1),
+        "min_new_tokens": at_least(0),
+        "temperature": POSITIVE,
+        "top_k": at_least(0),
+        "top_p": Check(lambda v: 0 < v <= 1, "in (0, 1]"),
+        "kl_coef": NON_NEGATIVE,
+        "target_kl": POSITIVE,
+        "horizon": at_least(1),
+        "gamma": UNIT,
+        "lam": UNIT,
+        "cliprange": POSITIVE,
+        "cliprange_value": POSITIVE,
+        "vf_coef": NON_NEGATIVE,
+        "ptx_coef": NON_NEGATIVE,
+    }
 
 
 RewardFn = Callable[[list[PromptRow], list[str], list[list[int]]], list[float]]

@@ -20,12 +20,13 @@ score then needs the response tokens: `labels` (response token ids, -100 elsewhe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from posttrain.checks import NON_NEGATIVE, at_least
 from posttrain.modeling import head, label_positions, lm_forward, sum_per_row, token_logprobs
 
 
@@ -47,6 +48,12 @@ class RMArgs:
     prompt_floor: int = 64
     """When a sample is too long, the prompt is cut from the left down to this many tokens before
     responses."""
+
+    checks: ClassVar[dict] = {
+        "head_init_std": NON_NEGATIVE,
+        "likelihood_coef": NON_NEGATIVE,
+        "prompt_floor": at_least(0),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
+
+from posttrain.checks import FRACTION, POSITIVE, at_least
 
 
 @dataclass
@@ -21,6 +23,8 @@ class LoraConfig:
     dora: bool = False
     """Weight-decomposed LoRA: learn a magnitude vector per output feature."""
 
+    checks: ClassVar[dict] = {"r": at_least(1), "alpha": POSITIVE, "dropout": FRACTION}
+
 
 @dataclass
 class AdapterConfig:
@@ -30,6 +34,8 @@ class AdapterConfig:
     """Bottleneck size = hidden_size / reduction_factor."""
     non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     """relu | gelu | silu | tanh."""
+
+    checks: ClassVar[dict] = {"reduction_factor": at_least(1)}
 
 
 @dataclass
@@ -41,6 +47,8 @@ class PrefixConfig:
     projection_hidden: int = 128
     """Hidden size of the reparameterisation MLP."""
 
+    checks: ClassVar[dict] = {"num_virtual_tokens": at_least(1), "projection_hidden": at_least(1)}
+
 
 @dataclass
 class PromptConfig:
@@ -48,6 +56,8 @@ class PromptConfig:
     """Soft tokens prepended to the input embeddings."""
     init_text: str | None = None
     """Initialise soft tokens from this text's embeddings (repeated/cut to length); random vocab rows if unset."""
+
+    checks: ClassVar[dict] = {"num_virtual_tokens": at_least(1)}
 
 
 @dataclass

@@ -5,29 +5,30 @@ Commands: /reset clears the history, /exit (or end of input) quits. Works with p
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
+from posttrain.commandline import DTYPE_CHOICES, ArgumentParser, positive
+
 COMMANDS = {"/reset": "forget the conversation so far", "/exit": "quit", "/help": "show these commands"}
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="posttrain chat", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str]):
+    p = ArgumentParser(prog="posttrain chat", description=__doc__.splitlines()[0])
     p.add_argument("model", help="model directory or Hub name")
     p.add_argument("--adapter", help="adapter directory to load on top")
     p.add_argument("--template", default="auto", help="chat template (auto | chatml | llama3 | ...)")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-new-tokens", type=positive(int), default=256)
+    p.add_argument("--temperature", type=positive(float, allow_zero=True), default=0.7, help="0 = greedy")
+    p.add_argument("--top-p", type=positive(float), default=0.95)
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
 
-def reply(model, tok, history: list, args: argparse.Namespace) -> str:
+def reply(model, tok, history: list, args) -> str:
     """Generate the assistant's next turn, printing tokens as they come; returns the text."""
     from transformers import TextStreamer
 
@@ -61,9 +62,12 @@ def read_line(interactive: bool) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    from posttrain.data.chat import get_template
     from posttrain.data.schema import Message
     from posttrain.run.common import load_for_inference
 
+    if args.template != "auto":  # an unknown --template is refused now, not at the first message
+        get_template(args.template, None)
     model, tok = load_for_inference(args.model, args.adapter, dtype=args.dtype, device=args.device)
     interactive = sys.stdin.isatty()
     start = [Message("system", args.system)] if args.system else []

@@ -8,7 +8,6 @@ and loading final artefacts lives in `posttrain.artifacts` (re-exported here for
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -29,7 +28,8 @@ from posttrain.artifacts import (  # noqa: F401  (re-exported: what the commands
     merge_base_adapters,
     save_final,
 )
-from posttrain.config import RunConfig, save_config
+from posttrain.commandline import ArgumentParser
+from posttrain.config import ConfigError, RunConfig
 from posttrain.models import load_model, load_tokenizer
 
 
@@ -40,9 +40,12 @@ def prepare_adapters(model: torch.nn.Module, tokenizer, cfg: RunConfig) -> torch
     first merged into the base, so that `disable_adapters` (the DPO/PPO reference) gives the adapted model.
     """
     if cfg.adapter:
+        from posttrain.artifacts.model import loading
+
         peft = _peft()
-        model = merge_base_adapters(model, cfg.adapter)
-        peft.load_adapter(model, cfg.adapter, trainable=cfg.peft.method == "none")
+        with loading(cfg.adapter, "adapter"):
+            model = merge_base_adapters(model, cfg.adapter)
+            peft.load_adapter(model, cfg.adapter, trainable=cfg.peft.method == "none")
         if cfg.peft.method == "none":
             return model
         model = peft.merge_and_unload(model)
@@ -66,7 +69,11 @@ def setup_model(cfg: RunConfig, verbose: bool = True) -> tuple[torch.nn.Module, 
     from posttrain.modeling import logits_path
 
     if not cfg.model:
-        raise ValueError("config key 'model' is empty: set it to a model directory or Hub name")
+        raise ConfigError("model: empty; set it to a model directory or Hub name")
+    if cfg.adapter:
+        from posttrain.artifacts.model import check_adapter_dir
+
+        check_adapter_dir(cfg.adapter)  # before the base model loads
     torch.manual_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
@@ -88,12 +95,14 @@ def with_model_card(cfg: RunConfig, command: str, result: dict) -> dict:
     return result
 
 
-def output_dir(cfg: RunConfig) -> Path:
-    """`cfg.output_dir`, created, with the resolved config saved as config.yaml (what a run writes first)."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    return out
+def claim(cfg: RunConfig, command: str):
+    """`posttrain.run.rundir.claim` on rank 0 (refuse, resume, or move the old run aside), then every rank."""
+    from posttrain.run.rundir import claim as claim_dir
+    from posttrain.train.distributed import barrier, is_main
+
+    run_dir = claim_dir(cfg, command, main=is_main())
+    barrier()
+    return run_dir
 
 
 def config_command(
@@ -105,14 +114,14 @@ def config_command(
     check: Callable[[Any], None] | None = None,
 ) -> int:
     """The body of every training command's `main`: `--config FILE key=value ...`, `--print-config`, run, and
-    one JSON line of final metrics (rank 0 only under torchrun). Config errors (including a ConfigError raised
-    by `check(cfg)`) exit 2, run errors (data, NaN, bad values) exit 1."""
+    one JSON line of final metrics (rank 0 only under torchrun). Every user error is one line (`errors.report`):
+    config and usage errors (a ConfigError from `check(cfg)` or found during the run, an output_dir holding another
+    run) exit 2, run errors (data, NaN, bad values, torn state) exit 1."""
     from posttrain.config import ConfigError, load_config, to_dict
-    from posttrain.data.schema import DataError
+    from posttrain.errors import report
     from posttrain.train.distributed import is_main
-    from posttrain.train.loop import TrainingError
 
-    p = argparse.ArgumentParser(prog=prog, description=doc)
+    p = ArgumentParser(prog=prog, description=doc)
     p.add_argument("--config", help="YAML config file")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 peft.method=lora")
@@ -122,15 +131,19 @@ def config_command(
         if check is not None:
             check(cfg)
     except ConfigError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
+        return report(prog, e)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     try:
         result = run(cfg)
-    except (ConfigError, DataError, TrainingError, ValueError, FileNotFoundError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except Exception as e:  # a user error is one line and an exit code; anything else is a bug: traceback
+        code = report(prog, e)
+        if code is not None:
+            return code
+        if not isinstance(e, ValueError):
+            raise
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)  # a bad value deep inside
         return 1
     if is_main():
         print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}))

@@ -167,11 +167,12 @@ def prepare(cfg: DPOConfig):
 
 
 def run(cfg: DPOConfig) -> dict:
-    from posttrain.run.common import output_dir, save_final, with_model_card
+    from posttrain.run.common import claim, save_final, with_model_card
     from posttrain.train.loop import fit
 
+    run_dir = claim(cfg, "dpo")
     model, tok, objective, source, eval_s = prepare(cfg)
-    out = output_dir(cfg)
+    out = run_dir.write()
     pad_id, bs = tok.pad_token_id, cfg.train.batch_size
     collate = source.collate
     eval_fn = (lambda m: evaluate_pairs(m, objective, eval_s, pad_id, bs, collate)) if eval_s else None

@@ -1,38 +1,24 @@
 """`posttrain generate --model M [--adapter A] --prompts in.jsonl --out out.jsonl`: batch generation.
 
-Each input row has `messages` (a chat; a trailing assistant turn is dropped) or `prompt` (one user turn). Each
-output row is the input row plus `response`, `finished` (stopped on an end token, not cut by the limit) and
-`response_tokens`.
+Each input row is read by `posttrain.data.prompts.prompt_messages` (what eval and PPO read): `messages` (a chat; its
+trailing assistant turns are dropped), `prompt` (text or messages), `instruction` (+ `input`), or a preference
+record's shared prompt. Each output row is the input row plus `response`, `finished` (stopped on an end token, not
+cut by the limit) and `response_tokens`. Every row is checked before the model is loaded (a bad one is one line
+naming file, line and field), and OUT is replaced atomically once every response is generated: a failed or killed
+run leaves an existing OUT as it was.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
-from posttrain.data.schema import DataError, Message, messages_from, where
-
-
-def prompt_messages(row: dict, path: str, line: int, system: str | None) -> list[Message]:
-    if "messages" in row:
-        msgs = messages_from(row["messages"], path, line, "messages")
-        while msgs and msgs[-1].role == "assistant":
-            msgs = msgs[:-1]
-    elif "prompt" in row:
-        msgs = messages_from(row["prompt"], path, line, "prompt")
-    else:
-        raise DataError(f"{where(path, line, 'messages')}: a prompt row needs 'messages' or 'prompt'")
-    if not msgs:
-        raise DataError(f"{where(path, line, 'messages')}: no prompt left (only assistant turns?)")
-    if system and msgs[0].role != "system":
-        msgs = [Message("system", system), *msgs]
-    return msgs
+from posttrain.atomic import atomic_open
+from posttrain.commandline import DTYPE_CHOICES, ArgumentParser, output_file, positive
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="posttrain generate", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str]):
+    p = ArgumentParser(prog="posttrain generate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model directory or Hub name")
     p.add_argument("--adapter", help="adapter directory to load on top")
     p.add_argument(
@@ -41,28 +27,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output JSONL")
     p.add_argument("--template", default="auto", help="chat template (auto | chatml | llama3 | ...)")
     p.add_argument("--system", help="system prompt for rows without one")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=positive(int), default=256)
+    p.add_argument("--temperature", type=positive(float, allow_zero=True), default=0.7, help="0 = greedy")
+    p.add_argument("--top-p", type=positive(float), default=1.0)
+    p.add_argument("--top-k", type=positive(int, allow_zero=True), default=0)
+    p.add_argument("--batch-size", type=positive(int), default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> int:
-    from posttrain.data.chat import encode_prompt
-    from posttrain.data.readers import read_records
+def run(args) -> int:
+    from posttrain.data.chat import encode_prompt, get_template
+    from posttrain.data.prompts import prompt_messages
+    from posttrain.data.readers import read_nonempty
     from posttrain.rollout import generate
     from posttrain.run.common import load_for_inference
 
-    rows, prompts = [], []
+    out = output_file(args.out)
+    if args.template != "auto":  # a bad --template is refused before the model loads
+        get_template(args.template, None)
+    rows = read_nonempty(args.prompts)
+    chats = [prompt_messages(row, path, line, args.system)[0] for path, line, row in rows]
     model, tok = load_for_inference(args.model, args.adapter, dtype=args.dtype, device=args.device)
-    for path, line, row in read_records(args.prompts):
-        rows.append(row)
-        prompts.append(encode_prompt(tok, prompt_messages(row, path, line, args.system), args.template))
+    prompts = [encode_prompt(tok, msgs, args.template) for msgs in chats]
     greedy = args.temperature <= 0
     ro = generate(
         model,
@@ -77,21 +66,14 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=sys.stderr.isatty(),
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w") as f:
-        for row, text, ids, done in zip(rows, ro.texts, ro.response_ids, ro.finished):
-            f.write(
-                json.dumps({**row, "response": text, "finished": done, "response_tokens": len(ids)}) + "\n"
-            )
+    with atomic_open(out) as f:
+        for (_, _, row), text, ids, done in zip(rows, ro.texts, ro.response_ids, ro.finished):
+            record = {**row, "response": text, "finished": done, "response_tokens": len(ids)}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
     print(f"wrote {len(rows)} responses to {out}", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return run(args)
-    except (DataError, ValueError, FileNotFoundError, OSError) as e:
-        print(f"posttrain generate: error: {e}", file=sys.stderr)
-        return 1
+    """User errors are raised for `posttrain.cli.main`, which prints them as one line."""
+    return run(parse_args(list(sys.argv[1:] if argv is None else argv)))

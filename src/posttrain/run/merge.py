@@ -8,16 +8,23 @@ cast to `--dtype` at the end (auto: the dtype the base was saved in). Only LoRA 
 and prompt tuning change the computation, not the weights. The second (`posttrain.artifacts.export_adapter`) needs
 no base: the chain's LoRAs become one LoRA of the summed rank that `peft.PeftModel.from_pretrained(base, OUT)` loads
 with the trained policy's logits.
+
+Both write OUT whole or not at all: everything goes to a hidden sibling `.OUT.tmp-PID`, which replaces OUT only once
+it is complete (the old OUT is moved aside to `.OUT.old-PID` for the instant of the swap, then removed). A failed
+or killed merge leaves an existing OUT as it was; only a kill between the two renames leaves OUT missing, with the
+previous one intact in `.OUT.old-PID`.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
+from posttrain.atomic import atomic_dir
+from posttrain.commandline import DTYPE_CHOICES, ArgumentParser, output_dir
+from posttrain.errors import UsageError, UserError
 from posttrain.models import DTYPES, load_model
 from posttrain.peft import adapter_method, load_adapter, merge_and_unload
 
@@ -30,28 +37,30 @@ def merge(
     Adapters the run had merged into its base first (an SFT LoRA under a DPO LoRA; `base_adapters.json`) are
     merged first, in order, so the result is the model that was trained.
     """
-    from posttrain.artifacts import merge_base_adapters
+    from posttrain.artifacts.model import check_adapter_dir, loading, merge_base_adapters
 
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UsageError(f"--dtype must be auto | {' | '.join(DTYPES)}, got {dtype!r}")
+    check_adapter_dir(adapter_dir)
     model = load_model(model_name, dtype="fp32", device="cpu", trust_remote_code=trust_remote_code)
     saved = model.config.dtype
-    model = merge_base_adapters(model, adapter_dir)
-    load_adapter(model, adapter_dir)
+    with loading(adapter_dir, "adapter"):
+        model = merge_base_adapters(model, adapter_dir)
+        load_adapter(model, adapter_dir)
     if adapter_method(model) != "lora":
-        raise ValueError(
+        raise UserError(
             f"{adapter_dir}: only LoRA adapters can be merged, this one is {adapter_method(model)!r}"
         )
     model = merge_and_unload(model)
     if dtype == "auto":
         target = saved if isinstance(saved, torch.dtype) else DTYPES.get(str(saved), torch.float32)
-    elif dtype in DTYPES:
-        target = DTYPES[dtype]
     else:
-        raise ValueError(f"--dtype must be auto | {' | '.join(DTYPES)}, got {dtype!r}")
+        target = DTYPES[dtype]
     model = model.to(target)
-    out_dir = Path(out)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    _copy_tokenizer([adapter_dir, model_name], out_dir, trust_remote_code)
-    return out_dir
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        _copy_tokenizer([adapter_dir, model_name], tmp, trust_remote_code)
+    return Path(out)
 
 
 def _copy_tokenizer(sources: list[str], out_dir: Path, trust_remote_code: bool) -> None:
@@ -70,13 +79,25 @@ def _copy_tokenizer(sources: list[str], out_dir: Path, trust_remote_code: bool) 
     )
 
 
+def _check_out(out: str, *inputs: str | None) -> None:
+    """OUT must not be a file, nor one of the inputs (replacing it would delete what is being merged)."""
+    output_dir(out)
+    for given in inputs:
+        if given and Path(given).exists() and Path(given).resolve() == Path(out).resolve():
+            raise UsageError(f"--out {out}: is an input of this merge; write the result somewhere else")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="posttrain merge", description=__doc__.split("\n")[0])
+    """User errors are raised for `posttrain.cli.main`, which prints them as one line."""
+    parser = ArgumentParser(prog="posttrain merge", description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="base model: local directory or Hub name (not needed with --peft)")
     parser.add_argument("--adapter", required=True, help="adapter directory (PEFT format, LoRA)")
     parser.add_argument("--out", required=True, help="output directory for the merged model")
     parser.add_argument(
-        "--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (default: the base's dtype)"
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="auto | fp32 | bf16 | fp16 (default: the base's dtype)",
     )
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument(
@@ -85,16 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.peft and not args.model:
         parser.error("--model is needed to merge into the weights (or give --peft to export one adapter)")
-    try:
-        if args.peft:
-            from posttrain.artifacts import export_adapter
+    _check_out(args.out, args.adapter, args.model)
+    if args.peft:
+        from posttrain.artifacts import export_adapter
+        from posttrain.artifacts.model import check_adapter_dir, loading
 
-            out = export_adapter(args.adapter, args.out)
-            print(f"one LoRA adapter for the whole chain written to {out}")
-            return 0
-        out = merge(args.model, args.adapter, args.out, args.dtype, args.trust_remote_code)
-    except (ValueError, OSError) as e:
-        print(f"posttrain merge: {e}", file=sys.stderr)
-        return 2
+        check_adapter_dir(args.adapter)
+        with loading(args.adapter, "adapter"):
+            export_adapter(args.adapter, args.out)
+        print(f"one LoRA adapter for the whole chain written to {args.out}")
+        return 0
+    out = merge(args.model, args.adapter, args.out, args.dtype, args.trust_remote_code)
     print(f"merged model written to {out}")
     return 0

@@ -216,11 +216,12 @@ def _ptx_batches(cfg: PPOConfig, tokenizer) -> list[dict[str, torch.Tensor]]:
 
 def run(cfg: PPOConfig) -> dict[str, Any]:
     from posttrain.artifacts.ppo import save_policy_with_value
-    from posttrain.run.common import output_dir, with_model_card
+    from posttrain.run.common import claim, with_model_card
     from posttrain.train.loop import fit
 
+    run_dir = claim(cfg, "ppo")
     model, tokenizer, objective, source = build(cfg)
-    out = output_dir(cfg)
+    out = run_dir.write()
     save_fn = lambda m, d: save_policy_with_value(m, tokenizer, cfg, d)  # noqa: E731
     result = fit(model, objective, source, cfg.train, out, save_fn=save_fn, log_extra=source.stats)
     return with_model_card(cfg, "ppo", result)

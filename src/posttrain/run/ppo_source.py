@@ -13,7 +13,6 @@ of W takes every W-th prompt from position r) with its own sampling seed, and th
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from posttrain.objectives.ppo import (
 )
 from posttrain.rollout import generate, prompt_response_rows
 from posttrain.train.distributed import global_whiten
+from posttrain.train.state_io import load_tree, save_tree
 
 KEEP_STATE_FILES = 3
 """Source state files kept in `state_dir` (the newest complete checkpoint always has its own)."""
@@ -120,16 +120,19 @@ class PPOSource:
         return dict(self.buffer["stats"]) if self.buffer else {}
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able position + the name of a torch file (in `state_dir`) with the sampling RNG and the rollout
-        buffer. The newest KEEP_STATE_FILES files are kept, so the newest complete checkpoint always has its own."""
+        """JSON-able position + the name of a state file pair (in `state_dir`, `state_io`: JSON + safetensors)
+        with the sampling RNG and the rollout buffer. The newest KEEP_STATE_FILES are kept, so the newest complete
+        checkpoint always has its own."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        name = f"source-step-{self.steps}.pt"
-        tmp = self.state_dir / f".tmp-{name}"
-        torch.save({"generator": self.generator.get_state(), "buffer": self.buffer}, tmp)
-        os.replace(tmp, self.state_dir / name)
-        files = sorted(self.state_dir.glob("source-step-*.pt"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-        for old in files[:-KEEP_STATE_FILES]:
-            old.unlink()
+        name = f"source-step-{self.steps}"
+        save_tree(self.state_dir / name, {"generator": self.generator.get_state(), "buffer": self.buffer})
+        stems = sorted(
+            {p.name.split(".")[0] for p in self.state_dir.glob("source-step-*.*")},
+            key=lambda n: int(n.rsplit("-", 1)[1]),
+        )
+        for old in stems[:-KEEP_STATE_FILES]:
+            for p in self.state_dir.glob(f"{old}.*"):
+                p.unlink()
         return {
             "epoch": self.epoch,
             "pos": self.pos,
@@ -140,11 +143,11 @@ class PPOSource:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        blob = load_tree(self.state_dir / state["file"])  # read first: a torn file changes nothing
         self.epoch, self.pos, self.rollouts, self.steps = (
             state[k] for k in ("epoch", "pos", "rollouts", "steps")
         )
         self.kl.value = state["kl_coef"]
-        blob = torch.load(self.state_dir / state["file"], map_location="cpu", weights_only=False)
         self.generator.set_state(blob["generator"])
         self.buffer = blob["buffer"]
 

@@ -107,11 +107,12 @@ def prepare(cfg: RMConfig):
 
 
 def run(cfg: RMConfig) -> dict:
-    from posttrain.run.common import output_dir, with_model_card
+    from posttrain.run.common import claim, with_model_card
     from posttrain.train.loop import fit
 
+    run_dir = claim(cfg, "rm")
     rm, tok, objective, source, eval_s = prepare(cfg)
-    out = output_dir(cfg)
+    out = run_dir.write()
     pad_id, bs = tok.pad_token_id, cfg.train.batch_size
     eval_fn = (lambda m: evaluate_rm(m, eval_s, pad_id, bs)) if eval_s else None
     result = fit(

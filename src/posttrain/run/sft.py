@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import random
 import sys
-from pathlib import Path
 
 import torch
 
-from posttrain.config import ConfigError, SFTConfig, save_config
+from posttrain.config import ConfigError, SFTConfig
 from posttrain.train.loop import fit
 
 
@@ -77,10 +76,11 @@ def run(cfg: SFTConfig) -> dict:
     """The whole SFT run; returns fit's final metrics."""
     from posttrain.data.collate import SFTBatches
     from posttrain.objectives.sft import SFTObjective
-    from posttrain.run.common import save_final, setup_model, with_model_card
+    from posttrain.run.common import claim, save_final, setup_model, with_model_card
     from posttrain.train import distributed
 
     distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
+    run_dir = claim(cfg, "sft")
     model, tokenizer = setup_model(cfg)
     train, held = load_samples(cfg, tokenizer)
     t = cfg.train
@@ -94,9 +94,7 @@ def run(cfg: SFTConfig) -> dict:
         pad_id=tokenizer.pad_token_id,
         **distributed.shard_args(),
     )
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    out = run_dir.write()
     result = fit(
         model,
         SFTObjective(),

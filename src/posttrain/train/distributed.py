@@ -14,7 +14,8 @@ FSDP2 (`fully_shard`) hooks each module it wraps, so it is applied to every deco
 head (the modules the objectives call), then the root; a tied embedding stays replicated (the head that shares it
 runs outside the trunk's group) and its gradient is all-reduced like DDP's. Gradients are reduce-scattered with divide factor 1 (the
 loss is already normalised by the global count). Checkpoints of a sharded model go through
-`torch.distributed.checkpoint` (DCP): each rank writes its shards, and any world size can load them back.
+`torch.distributed.checkpoint` (DCP): each rank writes its shards, and any world size can load them back (read
+with `safe_dcp`, which unpickles nothing but DCP's own metadata classes).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from posttrain.atomic import fsync_dir, fsync_tree
 from posttrain.train import checkpoint
+from posttrain.train.state_io import load_tree, save_tree
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 """train.strategy values; auto = ddp (replicated weights, gradient all-reduce)."""
@@ -273,19 +276,21 @@ def global_whiten(
 # checkpoints: every rank calls save/load; rank 0 owns the directory, the rename and state.json
 
 
-def _rng_file(r: int) -> str:
-    return "rng.pt" if r == 0 else f"rng-{r}.pt"
+def _rng_stem(r: int) -> str:
+    return "rng" if r == 0 else f"rng-{r}"
 
 
 def save_checkpoint(
     root: str | Path, model: nn.Module, optimizer, scheduler, state: dict[str, Any], keep_last: int
 ) -> Path:
     """`step-N` written by every rank (shards + own RNG) into `.tmp-step-N`; rank 0 writes state.json last and
-    renames once all ranks are done, so a crash at any point leaves no half-written `step-N`."""
+    renames once all ranks are done, so a crash at any point leaves no half-written `step-N`. Nothing is pickled:
+    optimiser, scheduler and RNG go through `state_io`, shards through DCP (read back by `safe_dcp`)."""
     if not is_dist():
         return checkpoint.save(root, model, optimizer, scheduler, state, keep_last)
     root = Path(root)
     step = int(state["step"])
+    checkpoint.check_finite(model, optimizer, step)  # every rank checks its own shards before anyone writes
     tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
@@ -297,15 +302,17 @@ def save_checkpoint(
         from safetensors.torch import save_file
 
         save_file(checkpoint.trainable_state(model), str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
-    torch.save(checkpoint.rng_state(), tmp / _rng_file(rank()))
+        save_tree(tmp / "optimizer", {"optimizer": optimizer.state_dict()})
+    save_tree(tmp / _rng_stem(rank()), checkpoint.rng_state())
     barrier()
     if is_main():
-        torch.save({"scheduler": scheduler.state_dict()}, tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "world_size": world_size()}, indent=1))
+        save_tree(tmp / "scheduler", {"scheduler": scheduler.state_dict()})
+        (tmp / checkpoint.STATE_FILE).write_text(json.dumps({**state, "world_size": world_size()}, indent=1))
+        fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(root)
         checkpoint.prune(root, keep_last)
     barrier()
     return final
@@ -322,32 +329,36 @@ def _save_sharded(path: Path, model: nn.Module, optimizer) -> None:
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer, scheduler) -> dict[str, Any]:
     """Restore a checkpoint written by `save_checkpoint` or `checkpoint.save`, with this run's world size."""
     path = Path(path)
-    if not (path / DCP_DIR).exists() and not (path / "scheduler.pt").exists():
+    if not (path / DCP_DIR).exists() and not (path / "scheduler.json").exists():
         return checkpoint.load(path, model, optimizer, scheduler)  # written by one process
+    state = checkpoint.read_state(path)
+    sched = load_tree(path / "scheduler")["scheduler"]
+    own = path / _rng_stem(rank())
+    rng = load_tree(own) if own.with_suffix(".json").exists() else None  # a new rank keeps its seeded RNG
     if (path / DCP_DIR).exists():
         _load_sharded(path / DCP_DIR, model, optimizer)
     else:
         from safetensors.torch import load_file
 
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in load_file(str(path / "model.safetensors")).items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False)["optimizer"])
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False)["scheduler"])
-    own = path / _rng_file(rank())
-    if own.exists():  # a rank that did not exist when the checkpoint was written keeps its seeded RNG
-        checkpoint.set_rng_state(torch.load(own, weights_only=False))
-    return json.loads((path / "state.json").read_text())
+        tensors = load_file(str(path / "model.safetensors"))
+        optim = load_tree(path / "optimizer")["optimizer"]
+        checkpoint.apply_tensors(path, model, tensors)
+        optimizer.load_state_dict(optim)
+    scheduler.load_state_dict(sched)
+    if rng is not None:
+        checkpoint.set_rng_state(rng)
+    return state
 
 
 def _load_sharded(path: Path, model: nn.Module, optimizer) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    from posttrain.train.safe_dcp import SafePlanner, SafeReader
+
     model_sd, optim_sd = get_state_dict(model, optimizer)
     blob = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(blob, checkpoint_id=str(path))
+    dcp.load(blob, checkpoint_id=str(path), storage_reader=SafeReader(str(path)), planner=SafePlanner())
     set_state_dict(model, optimizer, model_state_dict=blob["model"], optim_state_dict=blob["optimizer"])
 
 
@@ -355,15 +366,15 @@ def consolidate(checkpoint_dir: str | Path, out_file: str | Path) -> dict[str, t
     """Offline (one process, no process group): a sharded checkpoint's full model weights -> `out_file`
     (safetensors), keyed like `model.state_dict()`. Used by `posttrain merge` and for inspection."""
     from safetensors.torch import save_file
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict  # what dcp_to_torch_save uses
+
+    from posttrain.train.safe_dcp import SafeReader, SafeWholePlanner
 
     src = Path(checkpoint_dir) / DCP_DIR
     if not src.exists():
         raise FileNotFoundError(f"{checkpoint_dir}: no sharded checkpoint ({DCP_DIR}/) here")
-    tmp = Path(out_file).with_suffix(".pt.tmp")
-    dcp_to_torch_save(src, tmp)
-    weights = torch.load(tmp, weights_only=False)["model"]
-    tmp.unlink()
-    weights = {k: v.contiguous() for k, v in weights.items() if torch.is_tensor(v)}
+    blob: dict[str, Any] = {}
+    _load_state_dict(blob, storage_reader=SafeReader(str(src)), planner=SafeWholePlanner(), no_dist=True)
+    weights = {k: v.contiguous() for k, v in blob["model"].items() if torch.is_tensor(v)}
     save_file(weights, str(out_file))
     return weights

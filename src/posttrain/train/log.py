@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from posttrain.atomic import atomic_write_text
+from posttrain.errors import UserError
 
 
 def _clean(value: Any) -> Any:
@@ -24,22 +26,19 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Append-only JSONL writer; `keep_up_to` truncates rows with a step beyond it (resume)."""
+    """Append-only JSONL writer; `keep_up_to` truncates rows with a step beyond it (resume). `kept` holds the
+    rows kept. A torn last line (a run killed mid-write) is dropped with a message; a bad line elsewhere is an
+    error naming the file and line."""
 
     def __init__(self, path: str | Path, keep_up_to: int = 0, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        self.kept: list[dict[str, Any]] = []
         if not enabled:
             return
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= keep_up_to
-            ]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            self.kept = [r for r in read_metrics(self.path, torn_ok=True) if r.get("step", 0) <= keep_up_to]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.kept))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a")
 
@@ -54,9 +53,26 @@ class MetricsLog:
             self._file.close()
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a metrics.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def read_metrics(path: str | Path, torn_ok: bool = False) -> list[dict[str, Any]]:
+    """All rows of a metrics.jsonl file. With `torn_ok` an unterminated, unparsable last line is dropped."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn_ok and i == len(lines):  # no newline after it: the write was cut off
+                print(f"{path}:{i}: torn last line dropped", file=sys.stderr, flush=True)
+                continue
+            raise UserError(f"{path}:{i}: not a metrics row ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{i}: not a metrics row (a JSON {type(row).__name__})")
+        rows.append(row)
+    return rows
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -23,14 +21,17 @@ from typing import Any
 
 import torch
 
+from posttrain.atomic import atomic_dir
 from posttrain.config import TrainConfig, to_dict
+from posttrain.errors import UserError
 from posttrain.train import checkpoint, distributed
 from posttrain.train.log import MetricsLog, progress_bar
 from posttrain.train.optim import build_optimizer, build_scheduler
 from posttrain.train.protocols import PADDING
+from posttrain.train.state_io import StateFileError
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """The run cannot go on (non-finite loss or gradient); the message names the step and micro-batch."""
 
 
@@ -169,26 +170,39 @@ def total_steps(cfg: TrainConfig, source) -> int:
 
 
 def _resume(out: Path, cfg: TrainConfig, model, optimizer, scheduler, source) -> dict[str, Any]:
-    """Running totals of the run so far: restored from the newest checkpoint when resuming, else zeros."""
+    """Running totals of the run so far: restored from the newest readable checkpoint when resuming, else zeros.
+
+    A checkpoint whose files are torn (a disk filled up, a copy cut short) is skipped with a message naming the
+    file, and the one before it is used; nothing is changed until a checkpoint has been read whole."""
     state = {"step": 0, "epoch": 0.0, "loss_sum": 0.0, "tokens": 0, "elapsed_s": 0.0}
-    ckpt = checkpoint.latest(out / "checkpoints") if cfg.resume else None
-    if ckpt is None:
+    if not cfg.resume:
         return state
-    saved = distributed.load_checkpoint(ckpt, model, optimizer, scheduler)
-    source.load_state_dict(saved["source"])
-    if distributed.is_main():
-        print(f"resuming from {ckpt} (step {saved['step']})", file=sys.stderr, flush=True)
-    return {k: saved[k] for k in state}
+    problems = []
+    for ckpt in reversed(checkpoint.list_checkpoints(out / "checkpoints")):
+        try:
+            saved = distributed.load_checkpoint(ckpt, model, optimizer, scheduler)
+            source.load_state_dict(saved["source"])
+        except StateFileError as e:
+            problems.append(str(e))
+            if distributed.is_main():
+                print(f"skipping checkpoint {ckpt.name}: {e}", file=sys.stderr, flush=True)
+            continue
+        if distributed.is_main():
+            print(f"resuming from {ckpt} (step {saved['step']})", file=sys.stderr, flush=True)
+        return {k: saved[k] for k in state}
+    if problems:  # starting over would cut the run's metrics: the user decides
+        raise StateFileError(
+            f"no readable checkpoint in {out / 'checkpoints'} ({problems[0]}); set train.overwrite=true to move "
+            "the run aside and start afresh"
+        )
+    return state
 
 
 def _save_final(model, out: Path, save_fn: Callable) -> None:
-    """save_fn(model, dir) into a temporary directory, then renamed to OUTPUT/final in one step."""
-    tmp, final = out / ".tmp-final", out / "final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_fn(model, tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    """save_fn(model, dir) into a temporary directory (not yet created), fsync'd, then renamed to OUTPUT/final in
+    one step."""
+    with atomic_dir(out / "final", create=False) as tmp:
+        save_fn(model, tmp)
 
 
 class _Run:
@@ -205,10 +219,20 @@ class _Run:
         self.log = MetricsLog(out / "metrics.jsonl", keep_up_to=self.state["step"], enabled=self.main_rank)
         self.bar = progress_bar(self.n_steps, self.state["step"], cfg.progress and self.main_rank)
         self.saved_at, self.evaluated_at, self.last, self.evals = self.state["step"], -1, {}, {}
+        self._restore_evaluation()
         self.start, self.tokens_here = time.perf_counter(), 0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def _restore_evaluation(self) -> None:
+        """A run killed after its last checkpoint already logged the evaluation of that step: keep it, so the
+        resumed run neither evaluates again nor writes the row twice."""
+        step = self.state["step"]
+        rows = [r for r in self.log.kept if r.get("step") == step and any(k.startswith("eval_") for k in r)]
+        if step > 0 and rows:
+            self.evaluated_at = step
+            self.evals = {k: v for k, v in rows[-1].items() if k.startswith("eval_")}
 
     def after_step(self, metrics: dict[str, Any]) -> None:
         """Totals, metrics row (+ evaluation when due), progress bar, checkpoint when due."""
@@ -256,9 +280,22 @@ class _Run:
             "source": self.source.state_dict(),
             "config": to_dict(self.cfg),
         }
-        distributed.save_checkpoint(
-            self.out / "checkpoints", self.model, self.optimizer, self.scheduler, state, self.cfg.keep_last
-        )
+        try:
+            distributed.save_checkpoint(
+                self.out / "checkpoints",
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                state,
+                self.cfg.keep_last,
+            )
+        except checkpoint.NonFiniteState as e:
+            kept = (
+                f"the last good checkpoint, step {self.saved_at}, is kept"
+                if self.saved_at
+                else "none was kept"
+            )
+            raise TrainingError(f"{e} ({kept})") from None
         self.saved_at = self.state["step"]
 
     def finish(self, save_fn) -> dict[str, Any]:

@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from posttrain.errors import UserError
 
-class GeneratorError(RuntimeError):
+
+class GeneratorError(UserError, RuntimeError):
     """The generator could not be loaded or reached, or answered with something that is not a completion."""
 
 
@@ -136,10 +138,7 @@ class LocalGenerator:
     ) -> LocalGenerator:
         from posttrain.models import load_model, load_tokenizer
 
-        try:
-            return cls(load_model(path, dtype=dtype, device=device), load_tokenizer(path), batch_size)
-        except OSError as e:
-            raise GeneratorError(f"cannot load a model from {path!r}: {e}") from None
+        return cls(load_model(path, dtype=dtype, device=device), load_tokenizer(path), batch_size)
 
     def _encode(self, prompt: str, max_tokens: int) -> list[int]:
         ids = self.tokenizer(prompt)["input_ids"]

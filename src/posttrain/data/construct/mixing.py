@@ -12,9 +12,16 @@ shuffled order, reshuffling when a source is exhausted (so small sources are rep
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
+
+from posttrain.errors import UsageError
+
+
+class MixingError(UsageError, ValueError):
+    """Rates, weights or a temperature that give no valid mixture (exit 2: the flags are wrong)."""
 
 
 def _capped(sizes: Sequence[int], cap: int | None) -> list[int]:
@@ -23,7 +30,7 @@ def _capped(sizes: Sequence[int], cap: int | None) -> list[int]:
 
 def _weights(sizes, weights, cap, temperature):
     if weights is None or len(weights) != len(sizes):
-        raise ValueError("strategy 'weights' needs one weight per source (path:weight)")
+        raise MixingError("strategy 'weights' needs one weight per source (path:weight)")
     return list(weights)
 
 
@@ -32,8 +39,8 @@ def _proportional(sizes, weights, cap, temperature):
 
 
 def _temperature(sizes, weights, cap, temperature):
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not temperature > 0:
+        raise MixingError(f"temperature must be > 0, got {temperature}")
     capped = _capped(sizes, cap)
     total = sum(capped)
     return [(n / total) ** (1.0 / temperature) if n else 0.0 for n in capped]
@@ -51,20 +58,23 @@ def mixing_rates(
 ) -> list[float]:
     """Sampling rate of each source (sums to 1)."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {' | '.join(STRATEGIES)}, got {strategy!r}")
+        raise MixingError(f"strategy must be one of {' | '.join(STRATEGIES)}, got {strategy!r}")
     raw = STRATEGIES[strategy](sizes, weights, cap, temperature)
-    if any(r < 0 for r in raw) or sum(raw) <= 0:
-        raise ValueError(f"mixing weights must be >= 0 with a positive sum, got {raw}")
+    if not all(math.isfinite(r) and r >= 0 for r in raw) or sum(raw) <= 0:
+        raise MixingError(
+            f"mixing weights (--source PATH:WEIGHT) must be >= 0 with a positive sum, got {raw}"
+        )
     return [r / sum(raw) for r in raw]
 
 
 def pin_rates(free_rates: Sequence[float], pinned: Sequence[float]) -> list[float]:
     """Rates for free sources (scaled to 1 - Σ pinned) followed by the pinned rates."""
     left = 1.0 - sum(pinned)
-    if left < 0 or any(p < 0 for p in pinned):
-        raise ValueError(f"pinned rates must be >= 0 and sum to at most 1, got {list(pinned)}")
-    if free_rates and left == 0:
-        raise ValueError("pinned rates sum to 1: nothing is left for the other sources")
+    if left < -1e-9 or not all(0 <= p <= 1 for p in pinned):
+        raise MixingError(f"pinned rates (--rate) must be >= 0 and sum to at most 1, got {list(pinned)}")
+    left = max(left, 0.0)
+    if free_rates and left <= 1e-9:
+        raise MixingError("pinned rates (--rate) sum to 1: nothing is left for the other sources")
     return [r * left for r in free_rates] + list(pinned)
 
 
@@ -77,10 +87,10 @@ def sample_mixture(
 ) -> tuple[list[dict[str, Any]], list[int]]:
     """`total` records drawn source-by-rate; each record gets meta.mix_source; returns records and counts."""
     if len(sources) != len(rates):
-        raise ValueError(f"{len(sources)} sources but {len(rates)} rates")
+        raise MixingError(f"{len(sources)} sources but {len(rates)} rates")
     for i, (src, r) in enumerate(zip(sources, rates)):
         if r > 0 and not src:
-            raise ValueError(f"source {names[i] if names else i} is empty but has rate {r:.3f}")
+            raise MixingError(f"source {names[i] if names else i} is empty but has rate {r:.3f}")
     rng = random.Random(seed)
     picks = rng.choices(range(len(sources)), weights=rates, k=total)
     orders: list[list[int]] = [[] for _ in sources]

@@ -7,9 +7,7 @@ harmful goal without any detail. Refusals are drawn from several templates, some
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 from typing import Any
 
 from posttrain.data.schema import Conversation, DataError, Message, where
@@ -96,22 +94,25 @@ SELF_HARM_NOTE = (
 
 def read_prompts(path: str) -> list[tuple[str, str]]:
     """(prompt, category) pairs from a JSONL file ({prompt, category?}) or a text file (one prompt per line)."""
+    from posttrain.data.readers import read_jsonl, read_lines
+
+    if not str(path).endswith(".jsonl"):
+        out = [(line.strip(), "user") for _, line in read_lines(path) if line.strip()]
+        if not out:
+            raise DataError(f"{path}: no prompts (the file is empty)")
+        return out
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if not path.endswith(".jsonl"):
-            out.append((line.strip(), "user"))
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where(path, n)}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
-            raise DataError(f"{where(path, n, 'prompt')}: expected a non-empty string")
-        out.append((obj["prompt"].strip(), str(obj.get("category", "user"))))
+    for p, n, obj in read_jsonl(path):
+        if not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+            raise DataError(
+                f"{where(p, n, 'prompt')}: expected a non-empty string, got {obj.get('prompt')!r}"
+            )
+        category = obj.get("category", "user")
+        if not isinstance(category, str):
+            raise DataError(f"{where(p, n, 'category')}: expected a string, got {category!r}")
+        out.append((obj["prompt"].strip(), category))
     if not out:
-        raise DataError(f"{path}: no prompts")
+        raise DataError(f"{path}: no prompts (the file is empty)")
     return out
 
 

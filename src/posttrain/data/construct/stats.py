@@ -13,10 +13,11 @@ BAR_WIDTH = 40
 """Characters of the longest bar."""
 
 
-def _messages(rec: dict[str, Any]) -> list[dict[str, Any]]:
-    if "messages" in rec:
-        return rec["messages"]
-    return list(rec.get("prompt", [])) + list(rec.get("chosen", []))  # preference records: prompt + chosen
+def _messages(rec: dict[str, Any], n: int) -> list:
+    """Any record posttrain reads as messages (preference records: prompt + chosen); see `record_messages`."""
+    from posttrain.data.preference import record_messages
+
+    return record_messages(rec, "<record>", n)
 
 
 def _bin(n: int) -> str:
@@ -37,14 +38,14 @@ def summarise(records: Iterable[dict[str, Any]], tokenizer=None) -> dict[str, An
     n, total_len = 0, 0
     for rec in records:
         n += 1
-        meta = rec.get("meta") or {}
+        meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
         tasks[str(meta.get("task", "-"))] += 1
         sources[str(meta.get("source", "-"))] += 1
         if "mix_source" in meta:
             mix[str(meta["mix_source"])] += 1
-        msgs = _messages(rec)
+        msgs = _messages(rec, n)
         turns[str(len(msgs))] += 1
-        text = "\n".join(str(m.get("content", "")) for m in msgs)
+        text = "\n".join(m.content for m in msgs)
         size = len(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer else len(text.split())
         lengths[_bin(size)] += 1
         total_len += size

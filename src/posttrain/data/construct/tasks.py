@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from posttrain.data.construct.io import read_rows
+from posttrain.data.readers import read_nonempty
 from posttrain.data.schema import Conversation, DataError, Message, where
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -84,17 +84,58 @@ class Row:
     fields: dict[str, Any]
 
 
-def load_spec(path: str) -> tuple[list[TaskSpec], int]:
-    """Parse a task spec file into TaskSpecs (unknown keys are errors) and its seed."""
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+_FIELD_CHECKS: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: _is_str(v) and bool(v.strip()), "a non-empty string"),
+    "source": (_is_str, "a file path"),
+    "rows": (lambda v: isinstance(v, list) and bool(v), "a non-empty list of mappings"),
+    "input": (_is_str, "a field name"),
+    "output": (_is_str, "a field name"),
+    "cot": (_is_str, "a field name"),
+    "choices": (lambda v: _is_str(v) or isinstance(v, list), "a list of labels or a field name"),
+    "input_format": (_is_str, "a string"),
+    "demo_format": (_is_str, "a string"),
+    "cot_format": (_is_str, "a string"),
+    "k_shot": (
+        lambda v: _is_count(v) or (isinstance(v, list) and bool(v) and all(_is_count(k) for k in v)),
+        "a count >= 0 or a list of counts",
+    ),
+    "description": (lambda v: v in (True, False, "mixed"), "true, false or mixed"),
+    "strip_suffix": (lambda v: isinstance(v, list) and all(_is_str(x) for x in v), "a list of strings"),
+    "max_rows": (lambda v: _is_count(v) and v > 0, "a count > 0"),
+}
+"""TaskSpec field -> (check of a YAML value, what it should be); `templates` is checked on its own."""
+
+
+def _yaml(path: str) -> Any:
+    from posttrain.data.readers import read_text
+
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
-        raise DataError(f"{path}: invalid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise DataError(f"{where(path, line)}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
+
+
+def load_spec(path: str) -> tuple[list[TaskSpec], int]:
+    """Parse a task spec file into TaskSpecs (unknown keys and wrongly typed values are errors) and its seed."""
+    doc = _yaml(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
         raise DataError(f"{where(path, None, 'tasks')}: expected a mapping with a list of tasks")
     unknown = set(doc) - {"seed", "tasks"}
     if unknown:
         raise DataError(f"{where(path, None, sorted(unknown)[0])}: unknown key (expected seed, tasks)")
+    seed = doc.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"{where(path, None, 'seed')}: expected an integer, got {seed!r}")
     known = {f.name for f in fields(TaskSpec)}
     specs = []
     for i, t in enumerate(doc["tasks"]):
@@ -105,6 +146,12 @@ def load_spec(path: str) -> tuple[list[TaskSpec], int]:
             raise DataError(
                 f"{where(path, None, f'tasks[{i}].{bad[0]}')}: unknown key (expected {sorted(known)})"
             )
+        for key, value in t.items():
+            ok, expected = _FIELD_CHECKS.get(key, (lambda v: True, ""))
+            if value is not None and not ok(value):
+                raise DataError(
+                    f"{where(path, None, f'tasks[{i}].{key}')}: expected {expected}, got {value!r}"
+                )
         spec = TaskSpec(**t)
         if (
             not isinstance(spec.templates, list)
@@ -118,10 +165,8 @@ def load_spec(path: str) -> tuple[list[TaskSpec], int]:
             spec.source = str(Path(path).parent / spec.source)
         if (spec.source is None) == (spec.rows is None):
             raise DataError(f"{where(path, None, f'tasks[{i}]')}: give exactly one of source, rows")
-        if spec.description not in (True, False, "mixed"):
-            raise DataError(f"{where(path, None, f'tasks[{i}].description')}: expected true, false or mixed")
         specs.append(spec)
-    return specs, int(doc.get("seed", 0))
+    return specs, seed
 
 
 def _text(obj: dict, key: str, path, line, fld_prefix: str) -> str:
@@ -138,7 +183,7 @@ def read_task_rows(spec: TaskSpec, spec_path: str | None = None) -> list[Row]:
     if spec.rows is not None:
         records = [(spec_path or "<spec>", None, r, f"rows[{j}].") for j, r in enumerate(spec.rows)]
     else:
-        records = [(p, n, r, "") for p, n, r in read_rows(spec.source)]
+        records = [(p, n, r, "") for p, n, r in read_nonempty(spec.source)]
     records = records[: spec.max_rows] if spec.max_rows else records
     rows = []
     for path, line, rec, prefix in records:
@@ -162,6 +207,10 @@ def read_task_rows(spec: TaskSpec, spec_path: str | None = None) -> list[Row]:
     return rows
 
 
+class TemplateFillError(DataError):
+    """A template that cannot be filled (unknown placeholder, invalid Jinja); `build_from_spec` adds the task."""
+
+
 def fill(template: str, values: dict[str, Any]) -> str:
     """Jinja when the template has {{ or {%, else {name} placeholders (other braces are left alone)."""
     if "{{" in template or "{%" in template:
@@ -170,12 +219,12 @@ def fill(template: str, values: dict[str, Any]) -> str:
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         try:
             return env.from_string(template).render(**values)
-        except jinja2.UndefinedError as e:
-            raise DataError(f"template {template[:40]!r}: {e}") from None
+        except jinja2.TemplateError as e:  # undefined names, syntax errors
+            raise TemplateFillError(f"template {template[:40]!r}: {e}") from None
 
     def sub(m: re.Match) -> str:
         if m.group(1) not in values:
-            raise DataError(
+            raise TemplateFillError(
                 f"template {template[:40]!r}: unknown placeholder {{{m.group(1)}}} "
                 f"(known: {', '.join(sorted(values))})"
             )
@@ -247,8 +296,14 @@ def build_task(spec: TaskSpec, rows: list[Row], seed: int) -> tuple[list[dict[st
 def build_from_spec(specs: list[TaskSpec], seed: int, spec_path: str | None = None):
     """All tasks' instances (in spec order) and per-task counts."""
     records, per_task = [], {}
-    for spec in specs:
-        recs, counts = build_task(spec, read_task_rows(spec, spec_path), seed)
+    for k, spec in enumerate(specs):
+        rows = read_task_rows(spec, spec_path)
+        try:
+            recs, counts = build_task(spec, rows, seed)
+        except TemplateFillError as e:
+            raise DataError(
+                f"{where(spec_path or spec.source, None, f'tasks[{k}]')} ({spec.name}): {e}"
+            ) from None
         records += recs
         per_task[spec.name] = counts
     return records, {"tasks": per_task}
