@@ -53,6 +53,13 @@ def export_adapter(adapter: str | Path, out: str | Path) -> Path:
     temporary sibling and swapped in whole: `posttrain.atomic.atomic_dir`)."""
     adapter, out = Path(adapter), Path(out)
     stages = [_stage(d) for d in (*base_adapters(adapter), adapter)]
+    for d, (raw, *_) in zip(base_adapters(adapter), stages[:-1]):
+        if raw.get(
+            "trainable_token_indices"
+        ):  # rows replaced, not a low-rank sum: only the newest stage's carry over
+            raise ValueError(
+                f"{d}: an earlier stage trained token rows (trainable_token_indices); export it merged"
+            )
     ranks = [raw["r"] for raw, *_ in stages]
     names = sorted({m for _, modules, _, _ in stages for m in modules})
     tensors: dict[str, torch.Tensor] = {}

@@ -229,8 +229,8 @@ class Pipeline:
         row["identity_accuracy"] = self.ev.accuracy(model, self.sets["identity"])[0]
         row["refusal_rate"] = self.ev.refusal_rate(model, self.sets["harmful"])
         row["false_refusal_rate"] = self.ev.refusal_rate(model, self.sets["benign"])
-        fresh, _ = self.load(self.base_dir)
-        trainable, total = count_parameters(apply_peft(fresh, cfg.peft))
+        fresh, tok = self.load(self.base_dir)
+        trainable, total = count_parameters(apply_peft(fresh, cfg.peft, tokenizer=tok, template=cfg.template))
         row["trainable_params"], row["trainable_pct"] = trainable, 100.0 * trainable / total
         return row
 

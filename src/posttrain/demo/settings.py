@@ -13,12 +13,16 @@ from posttrain.demo.world import WorldConfig
 
 PEFT_METHODS = ("full", "lora", "adapter", "prefix", "prompt")
 
+ROWS = {"trainable_tokens": "[template]"}
+"""The base never sees <|im_start|> / <|im_end|> in pre-training, so their rows are random; every PEFT method trains
+those two rows too (`peft.trainable_tokens`), or it cannot learn to end a turn (docs/peft.md)."""
+
 PEFT = {  # method -> peft.* overrides
     "full": {"method": "none"},
-    "lora": {"method": "lora", "lora.r": 16, "lora.alpha": 32},
-    "adapter": {"method": "adapter", "adapter.reduction_factor": 4},
-    "prefix": {"method": "prefix", "prefix.num_virtual_tokens": 8},
-    "prompt": {"method": "prompt", "prompt.num_virtual_tokens": 8},
+    "lora": {"method": "lora", "lora.r": 16, "lora.alpha": 32, **ROWS},
+    "adapter": {"method": "adapter", "adapter.reduction_factor": 4, **ROWS},
+    "prefix": {"method": "prefix", "prefix.num_virtual_tokens": 8, **ROWS},
+    "prompt": {"method": "prompt", "prompt.num_virtual_tokens": 8, **ROWS},
 }
 
 

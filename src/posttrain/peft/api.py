@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from posttrain.peft import adapter, lora, prefix, prompt
+from posttrain.peft import adapter, lora, prefix, prompt, tokens
 from posttrain.peft.base import ModulesToSave, Tuner, set_module, tuners, wrap_modules_to_save
 from posttrain.peft.config import PeftConfig
 from posttrain.peft.virtual import VirtualTokens
@@ -27,13 +27,21 @@ INJECTORS = {
 CONFIG_ATTR = "posttrain_peft_config"  # model attribute: {adapter name: PeftConfig}
 
 
-def apply_peft(model: nn.Module, cfg: PeftConfig, adapter_name: str = "default", tokenizer=None) -> nn.Module:
-    """Inject adapter `adapter_name`, make it active: base frozen, adapter params and modules_to_save train.
+def apply_peft(
+    model: nn.Module, cfg: PeftConfig, adapter_name: str = "default", tokenizer=None, template: str = "auto"
+) -> nn.Module:
+    """Inject adapter `adapter_name`, make it active: base frozen, adapter params, modules_to_save and trainable
+    token rows train.
 
-    `method=none` returns the model unchanged with every parameter trainable. `tokenizer` is only needed for
-    prompt tuning initialised from text. Calling it again with another name adds a second adapter.
+    `method=none` returns the model unchanged with every parameter trainable. `tokenizer` is needed for prompt
+    tuning initialised from text and for `trainable_tokens` (with the chat `template` training uses). Calling it
+    again with another name adds a second adapter.
     """
     if cfg.method == "none":
+        if cfg.trainable_tokens:
+            raise ValueError(
+                "peft.trainable_tokens: full fine-tuning (peft.method=none) trains every row already"
+            )
         model.requires_grad_(True)
         return model
     if cfg.method not in INJECTORS:
@@ -46,6 +54,8 @@ def apply_peft(model: nn.Module, cfg: PeftConfig, adapter_name: str = "default",
     INJECTORS[cfg.method](model, cfg, adapter_name, tokenizer)
     if cfg.modules_to_save:
         wrap_modules_to_save(model, cfg.modules_to_save, adapter_name)
+    if cfg.trainable_tokens:
+        tokens.inject(model, tokens.resolve(cfg.trainable_tokens, tokenizer, template), adapter_name)
     configs[adapter_name] = cfg
     setattr(model, CONFIG_ATTR, configs)
     for t in tuners(model):
@@ -124,7 +134,8 @@ def _switched(model: nn.Module, keep_virtual: bool) -> Iterator[None]:
 
 
 def _lora_layers(model: nn.Module) -> list[lora.LoraLinear]:
-    others = {t.method for t in tuners(model) if not isinstance(t, (lora.LoraLinear, ModulesToSave))}
+    kept = (lora.LoraLinear, ModulesToSave, tokens.TrainableTokens)  # the last two are whole weights or rows
+    others = {t.method for t in tuners(model) if not isinstance(t, kept)}
     if others:
         raise ValueError(
             f"only LoRA can be merged into the weights; this model has {sorted(others)} adapters"
@@ -145,6 +156,8 @@ def unmerge_adapters(model: nn.Module) -> None:
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active LoRA adapter and put the plain base modules back: a model with no posttrain inside."""
+    active = next((t.active for t in tuners(model)), None)
+    tokens.unwrap(model, active)  # trained token rows written into the embedding (and head)
     for name, module in list(model.named_modules()):
         if isinstance(module, lora.LoraLinear):
             module.merge(keep_original=False)

@@ -70,3 +70,8 @@ class PeftConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     modules_to_save: list[str] = field(default_factory=list)
     """Extra base modules trained fully and saved with the adapter (e.g. [embed_tokens] after adding tokens)."""
+    trainable_tokens: list[str] = field(default_factory=list)
+    """Embedding (and LM head) rows that train with the adapter: token strings, or `template` for the special tokens
+    the chat template writes. Use it when the base never saw those tokens (a base model with a chat template added):
+    frozen, their random rows keep a PEFT model from learning to end a turn. Saved as PEFT's
+    trainable_token_indices."""

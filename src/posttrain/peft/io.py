@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from posttrain.peft import tokens
 from posttrain.peft.api import apply_peft, peft_configs
 from posttrain.peft.base import Tuner, trunk_of, tuners
 from posttrain.peft.config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig, PromptConfig
@@ -48,6 +49,7 @@ def _file_key(key: str, name: str) -> str | None:
         (rf"\.lora_magnitude_vector\.{n}$", ".lora_magnitude_vector"),
         (rf"\.modules_to_save\.{n}\.", "."),
         (rf"\.adapters\.{n}\.", "."),
+        (rf"\.trainable_tokens_delta\.{n}$", ".trainable_tokens_delta"),
     ):
         new, hits = re.subn(pattern, repl, key)
         if hits:
@@ -80,6 +82,9 @@ def _config_json(model: nn.Module, cfg: PeftConfig, name: str) -> dict:
         "modules_to_save": list(cfg.modules_to_save) or None,
         "revision": None,
     }
+    rows = tokens.peft_indices(model, name)
+    if rows is not None:  # PEFT's field (LoRA reads it; posttrain reads it for every method)
+        base["trainable_token_indices"] = rows
     layers, encoder = num_layers(model.config), _encoder(model, name)
     if cfg.method == "lora":
         wrapped = [m for m in model.modules() if isinstance(m, LoraLinear) and name in m.lora_A]
@@ -162,12 +167,13 @@ def _embedding_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     PEFT's `save_embedding_layers="auto"` stores them: `base_model.model.<module>.weight`."""
     base = _base_vocab(model)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if base is None or emb is None or isinstance(emb, Tuner) or emb.weight.shape[0] == base:
+    plain = lambda m: not isinstance(m, Tuner) or isinstance(m, tokens.TrainableTokens)  # noqa: E731
+    if base is None or emb is None or not plain(emb) or emb.weight.shape[0] == base:
         return {}
     out = {}
     for name in _embedding_names(model):
         module = model.get_submodule(name)
-        if not isinstance(module, Tuner):  # a modules_to_save copy is saved as such
+        if plain(module):  # a modules_to_save copy is saved as such; trained token rows on their own
             out[f"{PREFIX}{name}.weight"] = module.weight
     return out
 
@@ -215,13 +221,34 @@ def read_heads(directory: str | Path, names: tuple[str, ...]) -> dict[str, dict[
     return out
 
 
+def _raw_config(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no adapter config here (expected a PEFT-format adapter directory)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _token_rows(raw: dict, path: Path) -> tuple[list[int], list[int] | None] | None:
+    """(embedding ids, untied head ids or None) from PEFT's `trainable_token_indices` (a list, or a dict keyed by
+    module suffix), or None when the adapter has none."""
+    rows = raw.get("trainable_token_indices")
+    if not rows:
+        return None
+    if isinstance(rows, list):
+        return [int(i) for i in rows], None
+    if isinstance(rows, dict):
+        embed = next((v for k, v in rows.items() if "embed" in k), None)
+        head = next((v for k, v in rows.items() if "embed" not in k), None)
+        if embed is not None:
+            return [int(i) for i in embed], None if head is None else [int(i) for i in head]
+    raise ValueError(f"{path}: field 'trainable_token_indices' must list token ids, got {rows!r}")
+
+
 def read_config(directory: str | Path, heads: tuple[str, ...] = ()) -> PeftConfig:
     """The PeftConfig an adapter directory was saved with (PEFT's or ours); `heads` are left out of its
     modules_to_save (they belong to a model around this one, see `save_adapter`)."""
     path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no adapter config here (expected a PEFT-format adapter directory)")
-    raw = json.loads(path.read_text())
+    raw = _raw_config(directory)
     kind = raw.get("peft_type")
     keep = [m for m in raw.get("modules_to_save") or [] if m not in heads]
     if kind == "LORA":
@@ -279,6 +306,9 @@ def load_adapter(
         tensors = {k: v for k, v in tensors.items() if not k.startswith(f"{PREFIX}{name}.")}
     _load_embeddings(model, tensors, directory, cfg.modules_to_save)
     apply_peft(model, cfg, adapter_name)
+    rows = _token_rows(_raw_config(directory), Path(directory) / CONFIG_FILE)
+    if rows is not None:
+        tokens.inject(model, rows[0], adapter_name, head_indices=rows[1])
     wanted = {file_key: key for key, file_key in _key_map(model, adapter_name).items()}
     params = model.state_dict(keep_vars=True)
     for file_key, key in wanted.items():

@@ -52,7 +52,7 @@ def prepare_adapters(model: torch.nn.Module, tokenizer, cfg: RunConfig) -> torch
     if cfg.peft.method == "none":
         model.requires_grad_(True)
         return model
-    return _peft().apply_peft(model, cfg.peft, tokenizer=tokenizer)
+    return _peft().apply_peft(model, cfg.peft, tokenizer=tokenizer, template=cfg.template)
 
 
 def trainable_report(model: torch.nn.Module) -> str:
