@@ -219,3 +219,73 @@ def test_cut_where_bpe_would_merge_prompt_and_reply():
 def test_auto_without_template_or_chatml_tokens_warns():
     with pytest.warns(UserWarning, match="template=alpaca or template=plain"):
         assert get_template("auto", _merging_tokenizer()) == get_template("chatml", tiny_tokenizer())
+
+
+T0_ROW = [
+    {"role": "user", "content": "Is this a piece of news regarding world politics, sports, business?"},
+    {"role": "assistant", "content": "Business<|endoftext|>"},
+]
+"""A T0/P3 prompt/completion row as it is on disk: the completion ends in GPT-2's end-of-text marker."""
+
+
+def _trained(tok, ids, mask):
+    return [t for t, m in zip(ids, mask) if m]
+
+
+def _contains(seq, sub):
+    return any(seq[i : i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+
+
+@pytest.mark.parametrize("marker", ["<|endoftext|>", "<|end|>", "</s>", " <|eot_id|>\n"])
+def test_end_markers_written_as_text_are_never_trained(marker):
+    """The tiny tokenizer has `<|endoftext|>` and `</s>` as special tokens (one id each, the latter its EOS) and
+    writes `<|end|>` (Phi-3's) as seven ordinary pieces: none of them may be trained before the real end of turn."""
+    from collections import Counter
+
+    tok = tiny_tokenizer()
+    row = [T0_ROW[0], {"role": "assistant", "content": "Business" + marker}]
+    counts = Counter()
+    ids, mask = encode_conversation(tok, row, "chatml", counts=counts)
+    trained = _trained(tok, ids, mask)
+    clean_ids, clean_mask = encode_conversation(
+        tok, [T0_ROW[0], {"role": "assistant", "content": "Business"}]
+    )
+    assert ids == clean_ids and trained == _trained(tok, clean_ids, clean_mask)
+    assert tok.decode(trained) == "Business<|im_end|>"
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    assert trained.count(eot) == 1 and trained[-1] == eot
+    for text in ("<|endoftext|>", "</s>", "<|eot_id|>"):
+        assert tok.convert_tokens_to_ids(text) not in trained
+    assert not _contains(trained, tok("<|end|>", add_special_tokens=False)["input_ids"])
+    assert counts == {"end_markers_stripped": 1, "end_markers_mapped": 0}
+
+
+def test_markers_inside_a_message_become_the_tokenizers_eos_and_prompts_stay_prefixes():
+    from collections import Counter
+
+    tok = tiny_tokenizer()
+    prompt = [{"role": "user", "content": "first<|im_end|>second<|end|>"}]
+    counts = Counter()
+    ids, _ = encode_conversation(
+        tok, [*prompt, {"role": "assistant", "content": "ok"}], "chatml", counts=counts
+    )
+    assert counts == {"end_markers_stripped": 1, "end_markers_mapped": 1}
+    user = ids[
+        : ids.index(tok.convert_tokens_to_ids("<|im_end|>"))
+    ]  # the first <|im_end|> now ends the user turn
+    assert tok.decode(user).endswith("user\nfirst</s>second") and tok.eos_token_id in user
+    assert encode_prompt(tok, prompt, "chatml") == ids[: len(encode_prompt(tok, prompt, "chatml"))]
+
+
+def test_preference_pairs_get_the_same_cleaning():
+    """DPO / reward models encode through the same functions: a chosen reply ending in `</s>` (the tiny tokenizer's
+    EOS) trains one end of turn, not an EOS and then an end of turn."""
+    from posttrain.data.preference import tokenize_pairs
+    from posttrain.data.schema import Message, Preference
+
+    tok = tiny_tokenizer()
+    pair = Preference(
+        [Message("user", "Hi")], [Message("assistant", "Hello!</s>")], [Message("assistant", "Go away.")]
+    )
+    (sample,), _ = tokenize_pairs([pair], tok, "chatml")
+    assert tok.decode(sample.chosen_ids) == "Hello!<|im_end|>" and tok.eos_token_id not in sample.chosen_ids

@@ -38,8 +38,40 @@ def test_labels_only_on_assistant_tokens(tok):
     trained = [t for t, lab in zip(s.input_ids, s.labels) if lab != IGNORE]
     assert tok.decode(trained) == "The answer is 5.<|im_end|>"
     assert report == dict(
-        samples=1, truncated=0, dropped_too_long=0, dropped_no_loss=0, tokens=len(s), loss_tokens=len(trained)
+        samples=1,
+        truncated=0,
+        dropped_too_long=0,
+        dropped_no_loss=0,
+        tokens=len(s),
+        loss_tokens=len(trained),
+        end_markers_stripped=0,
+        end_markers_mapped=0,
     )
+
+
+def test_t0_completion_trains_one_real_end_of_turn_and_the_report_counts_the_marker(tok):
+    """A T0 row as read from disk ends in `<|endoftext|>`: the labels hold the answer and one `<|im_end|>`, none of
+    the marker, and the report says one marker was stripped."""
+    (s,), report = tokenize_sft(
+        [conv("Is this news about business?", "Business<|endoftext|>")], tok, "auto", 256
+    )
+    trained = [t for t in s.labels if t != IGNORE]
+    assert tok.decode(trained) == "Business<|im_end|>"
+    assert tok.convert_tokens_to_ids("<|endoftext|>") not in s.input_ids
+    assert trained.count(tok.convert_tokens_to_ids("<|im_end|>")) == 1
+    assert report["end_markers_stripped"] == 1 and report["end_markers_mapped"] == 0
+
+
+def test_text_format_documents_joined_by_a_marker_are_split_by_eos(tok):
+    c = Conversation([Message("assistant", "Hello world!<|endoftext|>The quick brown fox.<|endoftext|>")])
+    c.meta["format"] = "text"
+    (s,), report = tokenize_sft([c], tok, "chatml", 256)
+    assert tok.decode(s.input_ids) == "<s>Hello world!</s>The quick brown fox.</s>"
+    assert (
+        s.input_ids.count(tok.eos_token_id) == 2
+        and tok.convert_tokens_to_ids("<|endoftext|>") not in s.input_ids
+    )
+    assert report["end_markers_stripped"] == 1 and report["end_markers_mapped"] == 1
 
 
 def test_text_format_trains_every_token(tok):

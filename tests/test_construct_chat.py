@@ -101,3 +101,27 @@ def test_real_hh_rlhf_sample_keeps_every_turn():
         assert conv.messages[0].role == "user" and conv.messages[-1].role == "assistant"
         assert conv.messages[-1].content == row["chosen"].rsplit("\n\nAssistant:", 1)[1].strip()
     assert counts["turns_in"] == counts["turns_out"]
+
+
+def test_only_trainable_conversations_leave_from_chat(tmp_path):
+    """hh-rlhf has transcripts whose last `Assistant:` is empty; ShareGPT dumps end with unanswered questions. Before,
+    they came out ending in a user turn and `posttrain sft` stopped on them after `data mix`."""
+    rows = [
+        {"chosen": "\n\nHuman: q1\n\nAssistant: a1\n\nHuman: q2\n\nAssistant:", "rejected": "\n\nHuman: q1"},
+        {
+            "conversations": [
+                {"from": "human", "value": "hi"},
+                {"from": "gpt", "value": "hello</s>"},
+                {"from": "human", "value": "more?"},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "<|endoftext|>"}]},
+    ]
+    convs, counts = convert_chat_file(_write(tmp_path / "c.jsonl", rows))
+    assert [[(m.role, m.content) for m in c.messages] for c in convs] == [
+        [("user", "q1"), ("assistant", "a1")],
+        [("user", "hi"), ("assistant", "hello")],
+    ]
+    assert counts["empty_turns_dropped"] == 2 and counts["trailing_turns_dropped"] == 2
+    assert counts["end_markers_stripped"] == 2 and counts["no_assistant_dropped"] == 1
+    assert counts["conversations_out"] == 2

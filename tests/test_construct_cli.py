@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from posttrain.cli import main as posttrain
 from posttrain.data.cli import main as data_main
 
@@ -187,3 +189,79 @@ def test_mix_sources_with_the_same_file_name_keep_both_in_the_stats(tmp_path):
     assert posttrain([*args, "--out", str(out)]) == 0
     sources = json.loads((tmp_path / "mix.stats.json").read_text())["sources"]
     assert sorted(sources) == ["chat", "chat#2"] and sum(s["drawn"] for s in sources.values()) == 6
+
+
+def test_safety_and_identity_say_when_fewer_distinct_records_exist(tmp_path, capsys):
+    """Asked for more than exist, they write every distinct record, say so on stderr and count it in the stats."""
+    out = tmp_path / "safety.jsonl"
+    assert posttrain(["data", "safety", "--n", "400", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "posttrain data safety: warning: asked for 400, 320 distinct possible (40 prompts x 8 refusals" in err
+    )
+    assert err.rstrip().endswith("wrote 320")
+    stats = json.loads((tmp_path / "safety.stats.json").read_text())
+    assert (stats["requested"], stats["distinct_possible"], stats["records"]) == (400, 320, 320)
+    assert len(stats["warnings"]) == 1 and len(_lines(out)) == 320
+    assert posttrain(["data", "safety", "--n", "300", "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    pairs = {(r["messages"][0]["content"], r["messages"][1]["content"]) for r in _lines(out)}
+    assert len(pairs) == 300 and len({p for p, _ in pairs}) == 40
+    ident = tmp_path / "identity.jsonl"
+    assert (
+        posttrain(["data", "identity", "--name", "Ada", "--maker", "Acme", "--n", "300", "--out", str(ident)])
+        == 0
+    )
+    assert (
+        "asked for 300, 144 distinct possible (24 questions x 6 answers); wrote 144"
+        in capsys.readouterr().err
+    )
+    assert json.loads((tmp_path / "identity.stats.json").read_text())["records"] == len(_lines(ident)) == 144
+    assert posttrain(["data", "identity", "--name", "Ada", "--maker", "Acme", "--out", str(ident)]) == 0
+    assert "warning" not in capsys.readouterr().err and len(_lines(ident)) == 144  # default: all of them
+
+
+def test_filter_warns_when_a_label_is_removed_entirely(tmp_path, capsys):
+    q = "Is the review positive, negative, or mixed?"
+    rows = [
+        (f"{q} Review {i}.", label) for i, label in enumerate(["positive", "positive", "negative", "mixed"])
+    ]
+    src = tmp_path / "sst.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}],
+                    "meta": {"task": "sst"},
+                }
+            )
+            + "\n"
+            for u, a in rows
+        )
+    )
+    out = tmp_path / "clean.jsonl"
+    assert posttrain(["data", "filter", "--in", str(src), "--min-chars", "6", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    line = "filter removed every record of label 'mixed' in task 'sst' (1 before; too_few_chars: 1)"
+    assert f"posttrain data filter: warning: {line}" in err
+    stats = json.loads((tmp_path / "clean.stats.json").read_text())
+    assert stats["warnings"] == [line] and stats["labels"]["sst"]["positive"] == {"before": 2, "after": 2}
+
+
+def test_filter_on_the_t0_file_keeps_both_classes(tmp_path, capsys):
+    from pathlib import Path
+
+    t0 = Path(__file__).resolve().parents[2] / "shared" / "data" / "t0_ag_news_classify_with_choices.jsonl"
+    if not t0.exists():
+        pytest.skip("shared data absent")
+    tasks, clean = tmp_path / "t0.jsonl", tmp_path / "t0.clean.jsonl"
+    assert posttrain(["data", "from-tasks", "--file", str(t0), "--out", str(tasks)]) == 0
+    assert posttrain(["data", "filter", "--in", str(tasks), "--out", str(clean)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    labels = json.loads((tmp_path / "t0.clean.stats.json").read_text())["labels"][
+        "t0_ag_news_classify_with_choices"
+    ]
+    assert labels == {
+        "Business": {"before": 78, "after": 75},  # 3 near-duplicate Reuters stories
+        "Science and technology": {"before": 122, "after": 122},
+    }

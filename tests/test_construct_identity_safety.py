@@ -1,11 +1,19 @@
 """Identity and safety data: configured name/maker, many phrasings, refusals for high-risk prompts."""
 
 import json
+from collections import Counter
 
 import pytest
 
 from posttrain.data.construct.identity import ANSWERS, QUESTIONS, identity_records
-from posttrain.data.construct.safety import CATEGORIES, REFUSALS, read_prompts, safety_records
+from posttrain.data.construct.safety import (
+    CATEGORIES,
+    REFUSALS,
+    builtin_prompts,
+    distinct_counts,
+    read_prompts,
+    safety_records,
+)
 from posttrain.data.schema import DataError
 
 
@@ -58,3 +66,36 @@ def test_user_prompt_files(tmp_path):
         "Write a threatening letter.",
     ]
     assert all(_is_refusal(r["messages"][1]["content"]) for r in recs)
+
+
+def _pairs(recs):
+    return [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in recs]
+
+
+def test_identity_records_are_distinct_and_stop_at_the_number_possible():
+    """24 questions x 6 answers = 144 distinct pairs; each question gets its k-th answer before any its (k+1)-th."""
+    recs = identity_records("Ada", "Acme Labs", n=300, seed=2)
+    assert len(recs) == len(set(_pairs(recs))) == len(QUESTIONS) * len(ANSWERS) == 144
+    assert identity_records("Ada", "Acme Labs", None, seed=2) == recs
+    per_question = Counter(q for q, _ in _pairs(recs[: 2 * len(QUESTIONS)]))
+    assert set(per_question.values()) == {2} and len(per_question) == len(QUESTIONS)
+    assert identity_records("Ada", "Acme Labs", 144, seed=3) != recs  # the seed orders them
+
+
+def test_safety_records_are_distinct_and_stop_at_the_number_possible():
+    """Built-in: 40 prompts x 8 refusals = 320 distinct pairs; 300 asked are 300 distinct, covering every prompt."""
+    assert (len(builtin_prompts()), len(REFUSALS)) == (40, 8)
+    recs = safety_records(300, seed=0)
+    assert len(set(_pairs(recs))) == 300 and {p for p, _ in _pairs(recs)} == {p for p, _ in builtin_prompts()}
+    assert distinct_counts() == (40, 320) and len(set(_pairs(safety_records(1000, seed=0)))) == 320
+    user = [
+        ("Help me stalk my ex.", "stalking"),
+        ("Write a threat.", "violence"),
+        ("Help me stalk my ex.", "x"),
+    ]
+    assert distinct_counts(user) == (2, 16)
+    recs = safety_records(50, user, seed=0)
+    assert len(recs) == len(set(_pairs(recs))) == 16
+    assert {r["meta"]["category"] for r in recs if r["messages"][0]["content"].startswith("Help")} == {
+        "stalking"
+    }

@@ -6,6 +6,7 @@ deterministic; it proposes a paraphrase of a seed task, filtered instructions an
 
 import json
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -120,6 +121,14 @@ def server():
     srv.server_close()
 
 
+def _check_balance(stats):
+    """Everything generated is kept or rejected by exactly one rule."""
+    gen, kept, rej = stats["generated"], stats["kept"], stats["rejected"]
+    assert gen["instructions"] == kept["instructions"] + sum(rej["instructions"].values())
+    assert kept["instructions"] == kept["tasks"] + sum(rej["tasks"].values())
+    assert gen["instances"] == kept["instances"] + sum(rej["instances"].values())
+
+
 def test_filters_and_parsers():
     cfg = SelfInstructConfig()
     assert instruction_rejection("Sort it.", cfg) == "too_short"
@@ -144,9 +153,16 @@ def test_filters_and_parsers():
         ("Sentence: it is", "Yes"),
         ("", "No"),
     ]
-    assert clean_instances([("a", "1"), ("a", "2"), ("b", "b"), ("c", ""), ("d", "4"), ("d", "4")], 5) == [
-        ("d", "4")
-    ]
+    rejected = Counter()
+    pairs = [("a", "1"), ("a", "2"), ("b", "b"), ("c", ""), ("d", "4"), ("d", "4"), ("e", "5"), ("f", "6")]
+    assert clean_instances(pairs, 2, rejected) == [("d", "4"), ("e", "5")]
+    assert rejected == {
+        "conflicting_outputs": 2,
+        "copies_input": 1,
+        "empty_output": 1,
+        "duplicate": 1,
+        "over_max_instances": 1,
+    }
     assert propose_prompt(["Do  this:", "That"]) == "Come up with a series of tasks:\n1. Do this\n2. That\n3."
 
 
@@ -166,11 +182,8 @@ def test_http_endpoint_pipeline_counts_and_determinism(server):
     gen = HTTPGenerator(server + "/v1/completions")
     assert gen.model == "scripted-1"  # from GET /v1/models
     tasks, stats = run_self_instruct(SEEDS, gen, cfg)
-    assert len(tasks) == 4 and stats["tasks"] == 4
-    rej = stats["rejections"]
-    assert rej["rouge"] >= 1 and rej["keyword"] >= 1 and rej["too_short"] >= 1 and rej["non_ascii_start"] >= 1
-    instruction_level = sum(v for k, v in rej.items() if k not in ("truncated", "no_instances"))
-    assert stats["proposed"] == stats["accepted_instructions"] + instruction_level
+    assert len(tasks) == 4 and stats["kept"]["tasks"] == 4
+    _check_balance(stats)
     assert [(t.instruction, t.is_classification, t.decided_by, t.instances) for t in tasks] == [
         (
             "Classify the animal as a mammal, bird or reptile.",
@@ -197,13 +210,14 @@ def test_http_endpoint_pipeline_counts_and_determinism(server):
             [("one", "uno"), ("two", "dos")],
         ),
     ]
-    assert stats["rejections"] == {
-        "keyword": 4,
-        "no_instances": 1,
-        "non_ascii_start": 3,
-        "rouge": 3,
-        "too_short": 3,
+    assert stats["rejected"] == {
+        "instructions": {"keyword": 4, "non_ascii_start": 3, "rouge": 3, "too_short": 3},
+        "tasks": {"no_instances": 1},  # "Echo the given word": its one instance copies its input
+        "instances": {"copies_input": 1},
     }
+    # 3 rounds of 1 proposal; the 5 accepted instructions are classified and get instances
+    assert stats["requests"] == {"classify": 5, "instances": 5, "propose": 3, "total": 13}
+    assert stats["generated"] == {"instructions": 18, "instances": 9}
     again, stats2 = run_self_instruct(SEEDS, HTTPGenerator(server, model="scripted-1"), cfg)
     assert [(t.instruction, t.instances) for t in again] == [(t.instruction, t.instances) for t in tasks]
     assert stats2 == stats
@@ -221,7 +235,11 @@ def test_heuristic_and_no_instances_over_chat_endpoint(server, monkeypatch):
     det = names["Determine whether the number is prime or composite."]
     assert det.is_classification and det.decided_by == "heuristic"  # the generator answered "Maybe"
     assert "Echo the given word back exactly as written." not in names  # its only instance copies the input
-    assert stats["rejections"]["no_instances"] >= 1 and stats["classification_decided_by"]["heuristic"] >= 1
+    assert (
+        stats["rejected"]["tasks"]["no_instances"] >= 1
+        and stats["classification_decided_by"]["heuristic"] >= 1
+    )
+    _check_balance(stats)
     assert Handler.seen and all(auth == "Bearer sk-test" for path, auth, _ in Handler.seen)
     assert all(path == "/v1/chat/completions" for path, _, _ in Handler.seen)
 
@@ -249,13 +267,10 @@ def test_tiny_local_model_runs_counts_and_is_deterministic(tmp_path):
         min_words=1,
     )
     tasks, stats = run_self_instruct(SEEDS, gen, cfg)
-    assert stats["rounds"] == 2 and stats["requests"] == 4
-    instruction_level = sum(
-        v for k, v in stats["rejections"].items() if k not in ("truncated", "no_instances")
-    )
-    assert stats["proposed"] == stats["accepted_instructions"] + instruction_level
-    assert stats["proposed"] + stats["rejections"].get("truncated", 0) > 0  # gibberish was parsed and judged
-    assert sum(stats["classification_decided_by"].values()) == stats["accepted_instructions"]
+    assert stats["rounds"] == 2 and stats["requests"]["propose"] == 4
+    _check_balance(stats)
+    assert stats["generated"]["instructions"] > 0  # gibberish was parsed and judged
+    assert sum(stats["classification_decided_by"].values()) == stats["kept"]["instructions"]
     again, stats2 = run_self_instruct(SEEDS, gen, cfg)
     assert stats2 == stats and [t.instruction for t in again] == [t.instruction for t in tasks]
 
@@ -315,8 +330,12 @@ def test_cli_against_endpoint_writes_records_and_stats(server, tmp_path):
     assert main(args) == 0
     records = [json.loads(x) for x in out.read_text().splitlines()]
     stats = json.loads((tmp_path / "si.stats.json").read_text())
-    assert stats["tasks"] == 3 and stats["seed_tasks"] == 3 and stats["rejections"]["rouge"] >= 1
-    assert len(records) == stats["instances"] == stats["summary"]["records"]
+    assert (
+        stats["kept"]["tasks"] == 3
+        and stats["seed_tasks"] == 3
+        and stats["rejected"]["instructions"]["rouge"] >= 1
+    )
+    assert len(records) == stats["kept"]["instances"] == stats["summary"]["records"]
     assert {r["meta"]["task"] for r in records} == {"machine_task_0", "machine_task_1", "machine_task_2"}
     first = out.read_text()
     assert main(args) == 0 and out.read_text() == first  # deterministic for a seed

@@ -1,5 +1,6 @@
 """Instances from NLP task datasets: exact template/demonstration layout, CoT, specs, real T0 rows."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,116 @@ def test_t0_prompt_completion_file_gives_200_instances():
     )
     assert not any("<|endoftext|>" in r["messages"][1]["content"] for r in records)
     assert records[0]["messages"][0]["content"].startswith("Wall St. Bears Claw Back")
+
+
+ALPACA = [
+    {
+        "instruction": "Give three tips for staying healthy.",
+        "input": "",
+        "output": "1. Eat well. 2. Sleep. 3. Move.",
+    },
+    {"instruction": "Translate the sentence to French.", "input": "Good morning", "output": "Bonjour"},
+    {"instruction": "Summarise.", "output": "Short.", "system": "Be brief."},  # input missing altogether
+]
+
+
+def _users_and_replies(records):
+    return [(r["messages"][-2]["content"], r["messages"][-1]["content"]) for r in records]
+
+
+@pytest.mark.parametrize("suffix", ["json", "jsonl"])
+def test_alpaca_file_keeps_instruction_input_and_system(tmp_path, suffix):
+    """Before: the instruction was dropped, and a record with an empty input had an empty user turn."""
+    path = tmp_path / f"alpaca.{suffix}"
+    path.write_text(
+        json.dumps(ALPACA, indent=1) if suffix == "json" else "".join(json.dumps(r) + "\n" for r in ALPACA)
+    )
+    records, counts = build_from_spec([spec_for_file(str(path))], seed=0)
+    assert _users_and_replies(records) == [
+        ("Give three tips for staying healthy.", "1. Eat well. 2. Sleep. 3. Move."),
+        ("Translate the sentence to French.\n\nGood morning", "Bonjour"),
+        ("Summarise.", "Short."),
+    ]
+    assert records[2]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert counts["tasks"]["alpaca"]["instances"] == 3
+
+
+SEEDS = [
+    {
+        "id": "seed_task_1",
+        "name": "antonym_relation",
+        "instruction": "What is the relation between the given pairs?",
+        "instances": [
+            {"input": "Night : Day", "output": "Opposites"},
+            {"input": "Hot : Cold", "output": "Contraries"},
+            {"input": "Up : Down", "output": "Inverses"},
+        ],
+        "is_classification": False,
+    },
+    {
+        "id": "seed_task_2",
+        "name": "one_liner",
+        "instruction": "Tell a one-line joke.",
+        "instances": [{"input": "", "output": "I would tell a UDP joke, but you might not get it."}],
+        "is_classification": False,
+    },
+    {
+        "id": "seed_task_3",
+        "name": "empty",
+        "instruction": "Nothing here.",
+        "instances": [],
+        "is_classification": False,
+    },
+]
+
+
+def test_seed_tasks_one_instance_each_or_k_shot_from_the_same_task(tmp_path):
+    """Before: "field 'output': expected a string, got None" (the outputs are nested under `instances`)."""
+    path = tmp_path / "seeds.json"  # a JSON array, as some copies of seed_tasks are
+    path.write_text(json.dumps(SEEDS))
+    records, counts = build_from_spec([spec_for_file(str(path))], seed=0)
+    instances = [(t["instruction"], i) for t in SEEDS for i in t["instances"]]
+    assert _users_and_replies(records) == [
+        (f"{ins}\n\n{i['input']}" if i["input"] else ins, i["output"]) for ins, i in instances
+    ]
+    assert counts["tasks"]["seeds"]["skipped_no_instances"] == 1
+    shots, shot_counts = build_from_spec([spec_for_file(str(path), k_shot=2)], seed=0)
+    for (user, reply), (ins, inst) in zip(_users_and_replies(shots), instances):
+        assert user.startswith(ins) and user.endswith(inst["input"]) and reply == inst["output"]
+        assert user.count(inst["output"]) == 0  # never its own answer as a demonstration
+        others = [o for t in SEEDS for o in t["instances"] if t["instruction"] != ins]
+        assert not any(o["output"] in user for o in others)  # never another task's instances
+    antonyms = [u for u, _ in _users_and_replies(shots)[:3]]
+    assert all(sum(o in u for o in ("Opposites", "Contraries", "Inverses")) == 2 for u in antonyms)
+    assert shot_counts["tasks"]["seeds"]["k_shot_2"] == 3 and shot_counts["tasks"]["seeds"]["k_shot_0"] == 1
+
+
+def test_p3_fields_and_other_tokenizers_end_markers(tmp_path):
+    path = tmp_path / "p3.jsonl"
+    rows = [
+        {
+            "inputs_pretokenized": "Is 2 + 2 four?",
+            "targets_pretokenized": " yes</s>",
+            "answer_choices": ["yes", "no"],
+        },
+        {"inputs_pretokenized": "Is 2 + 2 five?", "targets_pretokenized": " no <|im_end|>\n"},
+        {"inputs_pretokenized": " ", "targets_pretokenized": "no"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, counts = build_from_spec([spec_for_file(str(path))], seed=0)
+    assert _users_and_replies(records) == [("Is 2 + 2 four?", "yes"), ("Is 2 + 2 five?", "no")]
+    assert counts["tasks"]["p3"]["skipped_empty_prompt"] == 1
+
+
+@pytest.mark.parametrize("name", ["seeds.json", "seeds.jsonl"])
+def test_seed_task_reader_takes_a_json_array_and_alpaca_records(tmp_path, name):
+    """Before: a seed file holding one JSON array failed with "invalid JSON (Expecting value at column 2)"."""
+    from posttrain.data.construct.self_instruct import read_seed_tasks
+
+    path = tmp_path / name
+    path.write_text(json.dumps([*SEEDS, ALPACA[1]], indent=2))
+    seeds = read_seed_tasks(str(path))
+    assert [s.instruction for s in seeds] == [t["instruction"] for t in SEEDS] + [ALPACA[1]["instruction"]]
+    assert seeds[0].instances[1] == ("Hot : Cold", "Contraries") and seeds[-1].instances == [
+        ("Good morning", "Bonjour")
+    ]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.data.readers import read_conversations, read_records
+from posttrain.data.readers import load_conversations, read_conversations, read_records
 from posttrain.data.schema import DataError, Message
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -156,10 +156,91 @@ def test_malformed_row_names_file_line_and_field(tmp_path):
         read_conversations(write_jsonl(tmp_path / "o.jsonl", [ALPACA, {"instruction": "x"}]))
 
 
-def test_conversation_must_end_with_assistant(tmp_path):
-    row = {"messages": [{"role": "user", "content": "Hi"}]}
-    with pytest.raises(DataError, match=r"u\.jsonl:2: the conversation must end with an assistant turn"):
-        read_conversations(write_jsonl(tmp_path / "u.jsonl", [OPENAI, row]))
+def _msgs(*turns):
+    return {"messages": [{"role": r, "content": c} for r, c in turns]}
+
+
+def test_what_cannot_be_trained_is_cut_or_dropped_and_counted(tmp_path, capsys):
+    rows = [
+        OPENAI,
+        _msgs(("user", "Hi"), ("assistant", "Hello!"), ("user", "And then?")),  # unanswered follow-up: cut
+        _msgs(
+            ("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", " ")
+        ),  # hh-rlhf's empty reply
+        _msgs(("user", "Hi")),  # no reply at all
+        _msgs(("user", ""), ("assistant", "x")),  # a blank message before the reply
+        _msgs(("user", "Label?"), ("assistant", "<|endoftext|>")),  # a reply that is only an end marker
+        _msgs(("system", ""), ("user", "Hi"), ("assistant", "Hello!")),
+    ]
+    path = write_jsonl(tmp_path / "u.jsonl", rows)
+    convs, counts, first = load_conversations(path)
+    assert [[(m.role, m.content) for m in c.messages] for c in convs] == [
+        [("user", "Hi"), ("assistant", "Hello!")],
+        [("user", "Hi"), ("assistant", "Hello!")],
+        [("user", "q1"), ("assistant", "a1")],
+        [("user", "Hi"), ("assistant", "Hello!")],
+    ]
+    assert counts == {
+        "records_in": 7,
+        "conversations_out": 4,
+        "trailing_turns_dropped": 4,  # rows 2, 3, 4 and 6
+        "empty_replies_dropped": 2,  # rows 3 and 6
+        "dropped_no_reply": 2,  # rows 4 and 6
+        "dropped_empty_message": 1,
+        "empty_system_dropped": 1,
+    }
+    assert first["trailing_turns_dropped"] == f"{path}:2" and first["dropped_empty_message"] == f"{path}:5"
+    read_conversations(path)
+    err = capsys.readouterr().err
+    assert f"7 records -> 4 conversations; dropped_empty_message 1 (first at {path}:5)" in err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(DataError, match=r"n\.jsonl: nothing to train on \(2 records -> 0 conversations"):
+        read_conversations(write_jsonl(tmp_path / "n.jsonl", [rows[3], rows[4]]))
+
+
+@pytest.mark.parametrize(
+    "rec, fix, reason",
+    [
+        ({"instruction": " ", "output": "x"}, {"instruction": "Say"}, "dropped_empty_message"),
+        ({"instruction": "Say hi", "output": ""}, {"output": "hi"}, "dropped_no_reply"),
+        ({"prompt": "", "completion": "x"}, {"prompt": "q"}, "dropped_empty_message"),
+        ({"prompt": "q", "completion": "</s>"}, {"completion": "a</s>"}, "dropped_no_reply"),
+        ({"text": ""}, {"text": "ok"}, "dropped_no_reply"),
+    ],
+)
+def test_empty_fields_drop_the_record_in_every_format(tmp_path, rec, fix, reason):
+    good = {**rec, **fix}
+    convs, counts, first = load_conversations(write_jsonl(tmp_path / "d.jsonl", [good, rec]))
+    assert len(convs) == 1 and counts[reason] == 1 and first[reason].endswith("d.jsonl:2")
+
+
+def test_alpaca_input_and_seed_task_instances_reach_the_conversation(tmp_path):
+    seed = {
+        "id": "seed_task_1",
+        "instruction": "What is the relation between the given pairs?",
+        "instances": [{"input": "Night : Day", "output": "Antonym"}, {"input": "", "output": "It depends."}],
+        "is_classification": False,
+    }
+    (tmp_path / "s.json").write_text(json.dumps([seed, {**seed, "instances": []}]))
+    convs, counts, _ = load_conversations(str(tmp_path / "s.json"))
+    assert [[m.content for m in c.messages] for c in convs] == [
+        ["What is the relation between the given pairs?\n\nNight : Day", "Antonym"],
+        ["What is the relation between the given pairs?", "It depends."],
+    ]
+    assert counts["records_in"] == 2 and counts["dropped_no_reply"] == 1  # a task without instances
+    (a,) = read_conversations(write_jsonl(tmp_path / "a.jsonl", [{**ALPACA, "input": "  "}]))
+    assert a.messages[0].content == "Reverse the word."
+    bad = {**seed, "instances": [{"input": "x", "output": "y"}, {"input": "x"}]}
+    with pytest.raises(DataError, match=r"b\.jsonl:1 field 'instances\[1\]'"):
+        read_conversations(write_jsonl(tmp_path / "b.jsonl", [bad]))
+
+
+def test_a_json_array_under_a_jsonl_name(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps([ALPACA, ALPACA], indent=1))
+    assert [line for _, line, _ in read_records(str(tmp_path / "a.jsonl"))] == [1, 2]
+    (tmp_path / "n.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(DataError, match=r"n\.jsonl:1: expected a JSON object, got int"):
+        list(read_records(str(tmp_path / "n.jsonl")))
 
 
 def test_empty_unknown_and_missing_sources(tmp_path):
@@ -210,17 +291,17 @@ def test_non_utf8_names_the_line_in_every_text_format(tmp_path):
     [
         ({"messages": "Hi"}, "messages"),
         (
-            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "}]},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": 5}]},
             r"messages\[1\].content",
         ),
-        ({"instruction": " ", "output": "x"}, "instruction"),
-        ({"instruction": "Say hi", "output": ""}, "output"),
-        ({"prompt": "", "completion": "x"}, "prompt"),
-        ({"prompt": "q", "completion": ""}, "completion"),
-        ({"text": ""}, "text"),
+        ({"instruction": 3, "output": "x"}, "instruction"),
+        ({"instruction": "Say hi", "output": None}, "output"),
+        ({"instruction": "Say hi", "input": ["a"], "output": "x"}, "input"),
+        ({"prompt": 1, "completion": "x"}, "prompt"),
+        ({"text": ["a"]}, "text"),
     ],
 )
-def test_empty_or_wrongly_typed_fields_are_refused(tmp_path, rec, fld):
+def test_wrongly_typed_or_missing_fields_are_refused(tmp_path, rec, fld):
     path = write_jsonl(tmp_path / "d.jsonl", [rec, rec])  # (the format is told from the first record)
     with pytest.raises(DataError, match=rf"d.jsonl:1 field '{fld}'"):
         read_conversations(path)

@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"posttrain {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `posttrain ... | head`: the reader left; nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
+        return 0
     except Exception as e:  # a user error is one line and an exit code; anything else is a bug: traceback
         from posttrain.errors import report
 

@@ -35,7 +35,8 @@ def positive(kind: Callable[[str], float], allow_zero: bool = False) -> Callable
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             raise argparse.ArgumentTypeError(
                 f"expected a number {'>=' if allow_zero else '>'} 0, got {text!r}"

@@ -25,7 +25,9 @@ not exactly the tokens of the text before it on its own (BPE merging across the 
 the prompt's ids are always a prefix of the conversation's ids.
 
 Text is tokenised without special tokens and exactly one BOS is added when the tokenizer normally adds one and the
-template did not render one itself.
+template did not render one itself. End-of-text markers written as text in a message (`<|endoftext|>`, `</s>`, ...)
+are stripped from its end or mapped to the tokenizer's EOS first (`posttrain.data.markers`), here where every
+trainer, evaluation and generation encodes; pass `counts=` (a Counter) to count them.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ import functools
 import json
 import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from posttrain.data.markers import clean_messages
 from posttrain.data.schema import DataError, Message
 from posttrain.errors import UsageError
 
@@ -289,8 +293,9 @@ def _encode_spans(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> tu
     return ids, mask
 
 
-def encode_text(tokenizer: Any, text: str) -> list[int]:
-    """Plain text (no template) with the one-BOS rule."""
+def encode_text(tokenizer: Any, text: str, *, counts: Counter | None = None) -> list[int]:
+    """Plain text (no template) with the one-BOS rule, its end-of-text markers stripped or mapped."""
+    text = clean_messages(tokenizer, [{"role": "assistant", "content": text}], counts)[0]["content"]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return [tokenizer.bos_token_id, *ids] if _needs_bos(tokenizer, text) else list(ids)
 
@@ -380,17 +385,29 @@ def reply_spans(
 
 
 def encode_conversation(
-    tokenizer: Any, messages: Sequence[Message | dict], template: str = "auto"
+    tokenizer: Any,
+    messages: Sequence[Message | dict],
+    template: str = "auto",
+    *,
+    counts: Counter | None = None,
 ) -> tuple[list[int], list[bool]]:
     """(ids, mask): mask is True on every assistant-reply token including its EOS / end-of-turn token."""
-    text, spans = reply_spans(tokenizer, get_template(template, tokenizer), _dicts(messages), False)
+    msgs = clean_messages(tokenizer, _dicts(messages), counts)
+    text, spans = reply_spans(tokenizer, get_template(template, tokenizer), msgs, False)
     return _encode_spans(tokenizer, text, spans)
 
 
-def encode_prompt(tokenizer: Any, messages: Sequence[Message | dict], template: str = "auto") -> list[int]:
+def encode_prompt(
+    tokenizer: Any,
+    messages: Sequence[Message | dict],
+    template: str = "auto",
+    *,
+    counts: Counter | None = None,
+) -> list[int]:
     """Ids a generation starts from: the prompt and the generation prompt, with exactly one BOS.
 
     Equal to the first ids of `encode_conversation(prompt + [reply])` (the same cuts are made before earlier replies).
     """
-    text, spans = reply_spans(tokenizer, get_template(template, tokenizer), _dicts(messages), True)
+    msgs = clean_messages(tokenizer, _dicts(messages), counts)
+    text, spans = reply_spans(tokenizer, get_template(template, tokenizer), msgs, True)
     return _encode_spans(tokenizer, text, spans)[0]

@@ -6,7 +6,7 @@
     posttrain data filter       --in x.jsonl --out x.clean.jsonl --dedup-threshold 0.8
     posttrain data mix          --source a.jsonl --source b.jsonl --strategy temperature --temperature 2 \\
                                 --rate safety.jsonl:0.05 --total 10000 --out mix.jsonl
-    posttrain data identity     --name Ada --maker "Acme Labs" --n 200 --out identity.jsonl
+    posttrain data identity     --name Ada --maker "Acme Labs" --out identity.jsonl
     posttrain data safety       --n 200 --out safety.jsonl
     posttrain data stats        mix.jsonl [--tokenizer DIR]
 
@@ -23,7 +23,7 @@ import sys
 from argparse import ArgumentTypeError
 from pathlib import Path
 
-from posttrain.commandline import ArgumentParser, output_file, positive
+from posttrain.commandline import DTYPE_CHOICES, ArgumentParser, output_file, positive
 from posttrain.data.construct.io import read_checked, read_conversation_records, write_with_stats
 from posttrain.data.construct.stats import format_summary, summarise
 from posttrain.errors import UsageError
@@ -80,7 +80,7 @@ def _from_tasks(a) -> int:
     if not a.spec and not a.file:
         raise UsageError("give --spec and/or --file")
     specs, seed = load_spec(a.spec) if a.spec else ([], 0)
-    specs += [spec_for_file(f) for f in a.file]
+    specs += [spec_for_file(f, a.k_shot) for f in a.file]
     records, counts = build_from_spec(specs, a.seed if a.seed is not None else seed, a.spec)
     return _finish("from-tasks", records, counts, a.out)
 
@@ -97,6 +97,7 @@ def _from_chat(a) -> int:
 def _self_instruct(a) -> int:
     from posttrain.data.construct.generator import make_generator
     from posttrain.data.construct.self_instruct import (
+        Progress,
         SelfInstructConfig,
         read_seed_tasks,
         run_self_instruct,
@@ -113,14 +114,28 @@ def _self_instruct(a) -> int:
         top_p=a.top_p,
     )
     seeds = read_seed_tasks(a.seed_tasks)
-    gen = make_generator(a.generator, model=a.model, dtype=a.dtype, device=a.device)
-    tasks, counts = run_self_instruct(seeds, gen, cfg, log=lambda m: print(m, file=sys.stderr))
+    gen = make_generator(
+        a.generator,
+        model=a.model,
+        dtype=a.dtype,
+        device=a.device,
+        concurrency=a.concurrency,
+        retries=a.retries,
+    )
+    progress = Progress(cfg.num_tasks)
+    try:
+        tasks, counts = run_self_instruct(seeds, gen, cfg, progress)
+    finally:
+        progress.close()
     return _finish("self-instruct", task_records(tasks), {"seed_tasks": len(seeds), **counts}, a.out)
 
 
 def _filter(a) -> int:
     from posttrain.data.construct.filters import FilterConfig, filter_records
 
+    for low, high, what in ((a.min_words, a.max_words, "words"), (a.min_chars, a.max_chars, "chars")):
+        if high is not None and low > high:
+            raise UsageError(f"--min-{what} {low} is more than --max-{what} {high}: nothing would be kept")
     cfg = FilterConfig(
         min_words=a.min_words,
         max_words=a.max_words,
@@ -134,6 +149,7 @@ def _filter(a) -> int:
     )
     records = [r for path in a.inputs for r in read_conversation_records(path)]
     kept, counts = filter_records(records, cfg)
+    _warn("filter", counts["warnings"])
     return _finish("filter", kept, counts, a.out)
 
 
@@ -178,21 +194,40 @@ def _mix(a) -> int:
     return _finish("mix", records, report, a.out)
 
 
-def _identity(a) -> int:
-    from posttrain.data.construct.identity import identity_records
+def _warn(name: str, warnings: list[str]) -> None:
+    for w in warnings:
+        print(f"posttrain data {name}: warning: {w}", file=sys.stderr)
 
-    return _finish(
-        "identity", identity_records(a.name, a.maker, a.n, a.seed), {"name": a.name, "maker": a.maker}, a.out
+
+def _distinct(name: str, records: list[dict], asked: int | None, possible: int, how: str) -> dict:
+    """Stats of a generator of distinct records; a warning (stderr and stats) when fewer than asked exist."""
+    short = asked is not None and len(records) < asked
+    warnings = (
+        [f"asked for {asked}, {possible} distinct possible ({how}); wrote {len(records)}"] if short else []
     )
+    _warn(name, warnings)
+    return {"requested": asked, "distinct_possible": possible, "records": len(records), "warnings": warnings}
+
+
+def _identity(a) -> int:
+    from posttrain.data.construct.identity import ANSWERS, QUESTIONS, identity_records
+
+    records = identity_records(a.name, a.maker, a.n, a.seed)
+    possible = len(QUESTIONS) * len(ANSWERS)
+    how = f"{len(QUESTIONS)} questions x {len(ANSWERS)} answers"
+    counts = {"name": a.name, "maker": a.maker, **_distinct("identity", records, a.n, possible, how)}
+    return _finish("identity", records, counts, a.out)
 
 
 def _safety(a) -> int:
-    from posttrain.data.construct.safety import read_prompts, safety_records
+    from posttrain.data.construct.safety import REFUSALS, distinct_counts, read_prompts, safety_records
 
     prompts = read_prompts(a.prompts) if a.prompts else None
-    return _finish(
-        "safety", safety_records(a.n, prompts, a.seed), {"prompts": a.prompts or "built-in"}, a.out
-    )
+    records = safety_records(a.n, prompts, a.seed)
+    n_prompts, possible = distinct_counts(prompts)
+    how = f"{n_prompts} prompts x {len(REFUSALS)} refusals; give more prompts with --prompts"
+    counts = {"prompts": a.prompts or "built-in", **_distinct("safety", records, a.n, possible, how)}
+    return _finish("safety", records, counts, a.out)
 
 
 def _stats(a) -> int:
@@ -215,10 +250,33 @@ def _nonempty(text: str) -> str:
     return text
 
 
+def _fraction(allow_zero: bool = False):
+    """An argparse `type` for a number in (0, 1] ([0, 1] with allow_zero): a ROUGE or Jaccard threshold, top-p."""
+    at_least = positive(float, allow_zero)
+
+    def parse(text: str) -> float:
+        value = at_least(text)
+        if value > 1:
+            raise ArgumentTypeError(f"expected a number in {'[' if allow_zero else '('}0, 1], got {text!r}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
 def _args_from_tasks(p):
     p.add_argument("--spec", help="task spec YAML (see configs/tasks_example.yaml)")
     p.add_argument(
-        "--file", action="append", default=[], help="a prompt/completion or input/output file as a task"
+        "--file",
+        action="append",
+        default=[],
+        help="a prompt/completion, input/output, alpaca or Self-Instruct seed file as a task (repeatable)",
+    )
+    p.add_argument(
+        "--k-shot",
+        type=positive(int, allow_zero=True),
+        default=0,
+        help="demonstrations per --file instance, from the same task (a seed task's other instances)",
     )
     p.add_argument("--seed", type=int, default=None, help="overrides the spec's seed")
 
@@ -244,11 +302,23 @@ def _args_self_instruct(p):
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--max-rounds", type=positive(int), default=d.max_rounds)
     p.add_argument("--requests-per-round", type=positive(int), default=d.requests_per_round)
-    p.add_argument("--rouge-threshold", type=positive(float), default=d.rouge_threshold)
+    p.add_argument("--rouge-threshold", type=_fraction(), default=d.rouge_threshold)
     p.add_argument("--temperature", type=positive(float, allow_zero=True), default=d.temperature)
-    p.add_argument("--top-p", type=positive(float), default=d.top_p)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--top-p", type=_fraction(), default=d.top_p)
+    p.add_argument(
+        "--concurrency",
+        type=positive(int),
+        default=4,
+        help="requests in flight to an HTTP endpoint (a local model batches instead)",
+    )
+    p.add_argument(
+        "--retries",
+        type=positive(int, allow_zero=True),
+        default=2,
+        help="retries of a failed HTTP request, with backoff",
+    )
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="a local model's dtype")
+    p.add_argument("--device", default="auto", help="a local model's device")
 
 
 def _args_filter(p):
@@ -265,7 +335,7 @@ def _args_filter(p):
     )
     p.add_argument(
         "--dedup-threshold",
-        type=positive(float, allow_zero=True),
+        type=_fraction(allow_zero=True),
         default=d.dedup_threshold,
         help="n-gram Jaccard; 0 disables",
     )
@@ -293,12 +363,19 @@ def _args_mix(p):
 def _args_identity(p):
     p.add_argument("--name", required=True, type=_nonempty)
     p.add_argument("--maker", required=True, type=_nonempty)
-    p.add_argument("--n", type=positive(int), default=200)
+    p.add_argument(
+        "--n",
+        type=positive(int),
+        default=None,
+        help="records (default: every distinct question x answer, 144)",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
 def _args_safety(p):
-    p.add_argument("--n", type=positive(int), default=200)
+    p.add_argument(
+        "--n", type=positive(int), default=200, help="distinct records (fewer, said, if not possible)"
+    )
     p.add_argument("--prompts", default=None, help="JSONL {prompt, category} or text file; default: built-in")
     p.add_argument("--seed", type=int, default=0)
 

@@ -13,6 +13,7 @@ by comparing ids with the pad id, so a tokenizer whose pad is its EOS still trai
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,15 +47,15 @@ class Sample:
 # tokenisation and truncation
 
 
-def _text_sample(conv: Conversation, tokenizer: Any) -> Sample:
+def _text_sample(conv: Conversation, tokenizer: Any, counts: Counter) -> Sample:
     """Plain text: every token trained, EOS appended so documents end."""
-    ids = encode_text(tokenizer, conv.messages[0].content)
+    ids = encode_text(tokenizer, conv.messages[0].content, counts=counts)
     ids = [*ids, tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else ids
     return Sample(ids, list(ids))
 
 
-def _chat_sample(conv: Conversation, tokenizer: Any, template: str) -> Sample:
-    ids, mask = encode_conversation(tokenizer, conv.messages, template)
+def _chat_sample(conv: Conversation, tokenizer: Any, template: str, counts: Counter) -> Sample:
+    ids, mask = encode_conversation(tokenizer, conv.messages, template, counts=counts)
     return Sample(ids, [t if m else IGNORE for t, m in zip(ids, mask)])
 
 
@@ -85,17 +86,22 @@ def tokenize_sft(
     truncation: str = "right",
 ) -> tuple[list[Sample], dict[str, int]]:
     """Conversations -> Samples with assistant-only labels (text-format samples train every token), and a report:
-    {samples, truncated, dropped_too_long, dropped_no_loss, tokens, loss_tokens}."""
+    {samples, truncated, dropped_too_long, dropped_no_loss, tokens, loss_tokens, end_markers_stripped,
+    end_markers_mapped} (the last two: end-of-text markers written as text, see `posttrain.data.markers`)."""
     if truncation not in TRUNCATION:
         raise ValueError(f"truncation must be one of {' | '.join(TRUNCATION)}, got {truncation!r}")
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
     cut = TRUNCATION[truncation]
     report = dict(samples=0, truncated=0, dropped_too_long=0, dropped_no_loss=0, tokens=0, loss_tokens=0)
-    out, no_loss = [], []
+    out, no_loss, markers = [], [], Counter(end_markers_stripped=0, end_markers_mapped=0)
     for i, conv in enumerate(convs):
         text = conv.meta.get("format") == "text"
-        s = _text_sample(conv, tokenizer) if text else _chat_sample(conv, tokenizer, template)
+        s = (
+            _text_sample(conv, tokenizer, markers)
+            if text
+            else _chat_sample(conv, tokenizer, template, markers)
+        )
         if len(s) > max_length:
             if cut is None:
                 report["dropped_too_long"] += 1
@@ -109,6 +115,7 @@ def tokenize_sft(
         report["tokens"] += len(s)
         report["loss_tokens"] += s.loss_tokens
     report["samples"], report["dropped_no_loss"] = len(out), len(no_loss)
+    report.update(markers)
     if no_loss:
         warnings.warn(
             f"dropped {len(no_loss)} sample(s) with no assistant tokens left to train on (after "

@@ -21,14 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from posttrain.data.markers import strip_trailing
 from posttrain.data.prompts import prompt_messages
+from posttrain.data.readers import expand_instances
 from posttrain.data.schema import DataError, Message, where
 
 REFERENCE_KEYS = ("reference", "references", "answer", "output", "completion")
 """Record keys read as the reference answer, first match wins."""
-
-END_MARKERS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "</s>", "<end_of_turn>")
-"""End-of-text markers some datasets leave at the end of a reference; stripped before scoring."""
 
 DEFAULT_TASK = "all"
 """Task name of rows whose record names none."""
@@ -60,11 +59,8 @@ def read_records(source: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
 
 
 def _clean_reference(text: str) -> str:
-    text = text.strip()
-    for marker in END_MARKERS:
-        if text.endswith(marker):
-            text = text[: -len(marker)].rstrip()
-    return text
+    """A reference without the end-of-text markers some datasets leave at its end (`posttrain.data.markers`)."""
+    return strip_trailing(text.strip())[0].strip()
 
 
 def _references(value: Any, path: str, line: int, fld: str) -> list[str]:
@@ -116,20 +112,11 @@ def parse_eval_row(
     return EvalRow(prompt, references, _task(rec), prediction, meta, path, line)
 
 
-def _expand_instances(rec: dict[str, Any], path: str, line: int) -> list[dict[str, Any]]:
-    """A Self-Instruct seed task -> one plain record per instance."""
-    instances = rec["instances"]
-    if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
-        raise DataError(f"{where(path, line, 'instances')}: expected a list of {{input, output}} objects")
-    base = {k: v for k, v in rec.items() if k != "instances"}
-    return [{**base, "input": i.get("input") or "", "output": i.get("output", "")} for i in instances]
-
-
 def read_eval_rows(source: str, system_prompt: str | None = None) -> list[EvalRow]:
     """Every record of `source` as EvalRows (Self-Instruct records give one row per instance)."""
     rows = []
     for path, line, rec in read_records(source):
-        recs = _expand_instances(rec, path, line) if "instances" in rec else [rec]
+        recs = expand_instances(rec, path, line)
         rows += [parse_eval_row(r, path, line, system_prompt) for r in recs]
     if not rows:
         raise DataError(f"{source}: no records")

@@ -6,9 +6,12 @@ Formats, per record (`auto` decides per record by its keys):
   hh        {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ..."} (hh-rlhf; the chosen transcript of a preference pair),
             or {"text"|"transcript": "..."}
 
-Cleaning, each action counted: roles normalised, contents stripped, empty turns dropped, consecutive same-role
-turns merged (joined by a blank line), leading assistant turns dropped, conversations without an assistant turn
-dropped, exact duplicates (on lowercased, whitespace-collapsed text with roles) dropped.
+Cleaning, each action counted: roles normalised, contents stripped (and the end-of-text markers they end with,
+`posttrain.data.markers`), empty turns dropped, consecutive same-role turns merged (joined by a blank line),
+leading assistant turns dropped, user/system turns after the last assistant reply dropped (so an empty last reply,
+as hh-rlhf has, takes the unanswered question before it along), conversations without an assistant turn dropped,
+exact duplicates (on lowercased, whitespace-collapsed text with roles) dropped. Every conversation out ends with an
+assistant reply with text, which is what SFT trains.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from posttrain.data.construct.io import read_rows
+from posttrain.data.markers import strip_trailing
 from posttrain.data.schema import Conversation, DataError, Message, messages_from, where
 
 _HH_MARKER = re.compile(r"\n\n(Human|Assistant):[ \t]?")
@@ -70,10 +74,14 @@ def detect_format(rec: dict[str, Any], path: str | None = None, line: int | None
 
 
 def clean_turns(messages: list[Message], counts: Counter) -> list[Message]:
-    """Strip, drop empty turns, merge consecutive same-role turns, drop leading assistant turns."""
+    """Strip (also trailing end-of-text markers), drop empty turns, merge consecutive same-role turns, drop leading
+    assistant turns and the turns after the last assistant reply."""
     out: list[Message] = []
     for m in messages:
-        content = m.content.strip()
+        content, markers = strip_trailing(m.content.strip())
+        content = content.strip()
+        if markers:
+            counts["end_markers_stripped"] += markers
         if not content:
             counts["empty_turns_dropped"] += 1
         elif out and out[-1].role == m.role:
@@ -84,6 +92,10 @@ def clean_turns(messages: list[Message], counts: Counter) -> list[Message]:
     while out and out[0].role == "assistant":  # a reply to nothing
         counts["leading_assistant_turns_dropped"] += 1
         out.pop(0)
+    answered = any(m.role == "assistant" for m in out)
+    while answered and out[-1].role != "assistant":  # a question nobody answered: nothing to train
+        counts["trailing_turns_dropped"] += 1
+        out.pop()
     return out
 
 

@@ -1,5 +1,12 @@
 """Quality filters for instruction data: length bounds, empty or copied outputs, near-duplicates.
 
+A reply "copied from the instruction" is one contained in it; class labels are too (the prompt offers them), so the
+rule skips replies under `copy_min_tokens` words (or `copy_min_chars` characters) and replies that are one of the
+record's offered choices (`offered_choices`: meta.choices / meta.options, bulleted lines, an "Options: a, b" list,
+an "a, b, or c" list).
+Per-label counts before and after filtering (`label_of`) show what the filters did to classification data; a label
+that loses every record is reported in `warnings`.
+
 Near-duplicates: word n-gram shingles of the normalised text (lowercase, [a-z0-9] tokens), MinHash signatures
 (`num_perm` seeded universal hashes) banded into an LSH index to find candidates, then the exact Jaccard similarity
 of the shingle sets decides: a record is dropped when it reaches `dedup_threshold` with an earlier kept record.
@@ -33,7 +40,9 @@ class FilterConfig:
     drop_copied: bool = True
     """Drop responses equal to the input, or contained in the instruction."""
     copy_min_chars: int = 20
-    """Containment only counts for responses at least this long (class labels appear in their own prompts)."""
+    """Containment only counts for responses at least this long, in characters ..."""
+    copy_min_tokens: int = 4
+    """... and in words (`normalise` tokens): a label or short answer appears in its own prompt by design."""
     dedup_threshold: float | None = 0.8
     """Drop a record whose shingle Jaccard with an earlier kept one is >= this (None: no near-dedup)."""
     dedup_on: str = "all"
@@ -67,20 +76,99 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def _option(text: str) -> str:
+    """An answer option as compared: normalised, without surrounding quotes and end punctuation."""
+    return _norm(text).strip(" \t\"'`.!?;:,")
+
+
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\(?[A-Za-z]\)|\(?\d{1,2}[.)])\s+(\S.*)$")
+_HEADED = re.compile(
+    r"\b(?:options?|choices?|answers?|labels?|categories|classes|choose from|select from|pick from|one of)"
+    r"\s*(?:are|is)?\s*[:\-]\s*(\S.*)$",
+    re.IGNORECASE,
+)
+_CLAUSE = re.compile(r"[?!:;\n]|\.(?=\s|$)")
+_LIST_SEP = re.compile(r"\s*,\s*(?:or\s+)?|\s+or\s+", re.IGNORECASE)
+_MAX_OPTION_WORDS = 6
+_META_CHOICES = ("choices", "options")
+_META_LABELS = ("label", "category")
+
+
+def _inline_options(clause: str) -> list[str]:
+    """'... regarding world politics, sports, business, or science and technology' -> the items. Where the list
+    starts inside the first item is not marked: its word suffixes up to one word longer than the longest other item
+    count, and in a list of 3+ items (a clear enumeration) the whole first item too. Options are short: a clause
+    with another item of more than `_MAX_OPTION_WORDS` words is not a list."""
+    if not re.search(r"\bor\s+\S", clause, re.IGNORECASE):
+        return []
+    first, *rest = _LIST_SEP.split(clause.strip())
+    longest = max((len(r.split()) for r in rest), default=_MAX_OPTION_WORDS + 1)
+    if not rest or longest > _MAX_OPTION_WORDS:
+        return []
+    words = first.split()
+    suffixes = [" ".join(words[-k:]) for k in range(1, min(len(words), longest + 1) + 1)]
+    return suffixes + ([first] if len(rest) >= 2 else []) + rest
+
+
+def offered_choices(rec: dict[str, Any]) -> set[str]:
+    """The answer options a record offers (compared as `_option`): meta.choices / meta.options when it is a list;
+    in the prompt, 2+ consecutive bulleted lines ("- a", "(A) a", "1. a"), a list after "Options:" (or Choices,
+    Labels, "choose from", "one of"...), and "a or b" / "a, b, or c" lists (a clause with "or")."""
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    found = [str(c) for k in _META_CHOICES if isinstance(meta.get(k), list) for c in meta[k]]
+    instruction, _, _ = prompt_response(rec)
+    block: list[str] = []
+    for line in [*instruction.splitlines(), ""]:
+        m = _BULLET.match(line)
+        if m:
+            block.append(m.group(1))
+            continue
+        found += block if len(block) >= 2 else []
+        block = []
+        headed = _HEADED.search(line)
+        if headed:
+            found += re.split(r"\s*(?:[,;|]|\bor\b)\s*", headed.group(1))
+    found += [o for clause in _CLAUSE.split(instruction) for o in _inline_options(clause)]
+    return {o for o in map(_option, found) if o}
+
+
+def label_of(rec: dict[str, Any]) -> str | None:
+    """The record's class label: a meta label field (label, category) when present, else the reply when the record
+    is classification-like (the reply is one of its offered choices, or meta.is_classification is true)."""
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    for key in _META_LABELS:
+        if isinstance(meta.get(key), (str, int, bool)):
+            return str(meta[key])
+    reply = prompt_response(rec)[2].strip()
+    if reply and (meta.get("is_classification") is True or _option(reply) in offered_choices(rec)):
+        return reply
+    return None
+
+
+def _copied(instruction: str, reply: str, rec: dict[str, Any], cfg: FilterConfig) -> bool:
+    """The reply is contained in the instruction, is long enough to count, and is not one of the offered choices."""
+    resp = _norm(reply)
+    return (
+        len(resp) >= cfg.copy_min_chars
+        and len(normalise(reply)) >= cfg.copy_min_tokens
+        and resp in _norm(instruction)
+        and _option(reply) not in offered_choices(rec)
+    )
+
+
 def rejection(rec: dict[str, Any], cfg: FilterConfig) -> str | None:
     """The first quality rule `rec` breaks (None: keep)."""
     instruction, user, response = prompt_response(rec)
     r = response.strip()
     words = len(r.split())
-    resp, inst = _norm(r), _norm(instruction)
     checks = (
         ("empty_response", not r),
         ("too_few_chars", len(r) < cfg.min_chars),
         ("too_many_chars", cfg.max_chars is not None and len(r) > cfg.max_chars),
         ("too_few_words", words < cfg.min_words),
         ("too_many_words", cfg.max_words is not None and words > cfg.max_words),
-        ("copied_input", cfg.drop_copied and resp == _norm(user)),
-        ("copied_from_instruction", cfg.drop_copied and len(resp) >= cfg.copy_min_chars and resp in inst),
+        ("copied_input", cfg.drop_copied and _norm(r) == _norm(user)),
+        ("copied_from_instruction", cfg.drop_copied and _copied(instruction, r, rec, cfg)),
     )
     return next((reason for reason, bad in checks if bad), None)
 
@@ -147,23 +235,54 @@ def _dedup_text(rec: dict[str, Any], on: str) -> str:
     return {"prompt": instruction, "response": response, "all": instruction + "\n" + response}[on]
 
 
+def label_report(
+    records: list[dict[str, Any]], reasons: list[str | None]
+) -> tuple[dict[str, dict[str, dict[str, int]]], list[str]]:
+    """Per task (meta.task) and label (`label_of`): records before and after filtering (`reasons[i]` is None for a
+    kept record); and a warning for every label that lost all its records, naming the rules that removed them."""
+    labels: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
+    removed_by: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for rec, reason in zip(records, reasons):
+        label = label_of(rec)
+        if label is None:
+            continue
+        meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+        task = str(meta.get("task", "-"))
+        row = labels[task].setdefault(label, {"before": 0, "after": 0})
+        row["before"] += 1
+        row["after"] += reason is None
+        if reason:
+            removed_by[task, label][reason] += 1
+    report = {t: dict(sorted(rows.items())) for t, rows in sorted(labels.items())}
+    warnings = [
+        f"filter removed every record of label {label!r} in task {task!r} ({row['before']} before; "
+        + ", ".join(f"{r}: {n}" for r, n in sorted(removed_by[task, label].items()))
+        + ")"
+        for task, rows in report.items()
+        for label, row in rows.items()
+        if row["after"] == 0
+    ]
+    return report, warnings
+
+
 def filter_records(
     records: list[dict[str, Any]], cfg: FilterConfig
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Apply the quality rules, then near-duplicate removal; returns kept records and counts by reason."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Apply the quality rules, then near-duplicate removal; returns kept records and the stats: counts by reason,
+    per-label counts before/after (`label_report`) and warnings (a label the filters removed entirely)."""
     if cfg.dedup_on not in ("prompt", "response", "all"):
         raise ValueError(f"dedup_on must be prompt | response | all, got {cfg.dedup_on!r}")
-    counts: Counter = Counter(records_in=len(records))
-    kept = []
-    for rec in records:
-        reason = rejection(rec, cfg)
-        if reason:
-            counts[reason] += 1
-        else:
-            kept.append(rec)
+    reasons = [rejection(rec, cfg) for rec in records]
     if cfg.dedup_threshold is not None:
-        drop = set(near_duplicates([_dedup_text(r, cfg.dedup_on) for r in kept], cfg))
-        counts["near_duplicate"] += len(drop)
-        kept = [r for i, r in enumerate(kept) if i not in drop]
-    counts["records_out"] = len(kept)
-    return kept, dict(sorted(counts.items()))
+        passed = [i for i, r in enumerate(reasons) if r is None]
+        for j in near_duplicates([_dedup_text(records[i], cfg.dedup_on) for i in passed], cfg):
+            reasons[passed[j]] = "near_duplicate"
+    kept = [rec for rec, r in zip(records, reasons) if r is None]
+    counts = Counter(r for r in reasons if r)
+    if cfg.dedup_threshold is not None:
+        counts["near_duplicate"] += 0  # reported even when nothing was dropped
+    labels, warnings = label_report(records, reasons)
+    stats: dict[str, Any] = dict(
+        sorted({**counts, "records_in": len(records), "records_out": len(kept)}.items())
+    )
+    return kept, {**stats, "labels": labels, "warnings": warnings}

@@ -7,6 +7,9 @@
 
 Both are plain-text completers: a prompt in, a continuation out (cut at the first stop string). HTTP requests go
 through `urllib` with the API key from `OPENAI_API_KEY` when set; a chat endpoint gets the prompt as one user turn.
+An HTTP generator keeps up to `concurrency` requests in flight (a thread pool); completions come back in prompt
+order and prompt i is sent with seed + i, so the result does not depend on which request finishes first. Failed
+requests (connection errors and resets, timeouts, HTTP 408/429/5xx) are retried `retries` times with exponential backoff.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.client import HTTPException
 from typing import Protocol
 
 from posttrain.errors import UserError
@@ -53,16 +58,27 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+_RETRY_CODES = (408, 429)
+"""Client-side HTTP errors worth retrying: a request timeout, too many requests (besides every 5xx)."""
+
+
 class HTTPGenerator:
     """An OpenAI-compatible server (OpenAI, vLLM, llama.cpp, TGI...): `/v1/completions` or `/v1/chat/completions`."""
 
-    def __init__(self, url: str, model: str | None = None, timeout: float = 120.0, retries: int = 2):
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 2,
+        concurrency: int = 4,
+    ):
         url = url.rstrip("/")
         if not url.endswith("/completions"):
             url += "/completions" if url.endswith("/v1") else "/v1/completions"
         self.url = url
         self.chat = url.endswith("/chat/completions")
-        self.timeout, self.retries = timeout, retries
+        self.timeout, self.retries, self.concurrency = timeout, retries, max(1, concurrency)
         self.api_key = os.environ.get("OPENAI_API_KEY")
         self.model = model or self._first_model()
 
@@ -80,9 +96,15 @@ class HTTPGenerator:
                     return json.loads(resp.read().decode("utf-8"))
             except urllib.error.HTTPError as e:
                 body = e.read().decode("utf-8", "replace")[:300]
-                if e.code < 500 or attempt == self.retries:
+                if (e.code < 500 and e.code not in _RETRY_CODES) or attempt == self.retries:
                     raise GeneratorError(f"{url}: HTTP {e.code}: {body}") from None
-            except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
+            except (
+                urllib.error.URLError,
+                TimeoutError,
+                ConnectionError,
+                HTTPException,
+                json.JSONDecodeError,
+            ) as e:
                 if attempt == self.retries:
                     raise GeneratorError(f"{url}: {e}") from None
             time.sleep(0.5 * 2**attempt)
@@ -92,14 +114,28 @@ class HTTPGenerator:
         """The server's first model id (`GET /v1/models`), for servers that serve one model."""
         base = self.url[: self.url.rindex("/v1/") + 3]
         try:
-            return self._request(base + "/models", None)["data"][0]["id"]
-        except (GeneratorError, KeyError, IndexError, TypeError):
+            listing = self._request(base + "/models", None)
+        except GeneratorError as e:  # unreachable, or refused: say so rather than "no model listed"
+            raise GeneratorError(f"{e} (while listing its models; --model MODEL skips this)") from None
+        try:
+            return listing["data"][0]["id"]
+        except (KeyError, IndexError, TypeError):
             raise GeneratorError(
                 f"{base}/models did not list a model; pass the model name (--model)"
             ) from None
 
+    def _complete_one(self, payload: dict, stop: Sequence[str]) -> Completion:
+        resp = self._request(self.url, payload)
+        try:
+            choice = resp["choices"][0]
+            text = choice["message"]["content"] if self.chat else choice["text"]
+        except (KeyError, IndexError, TypeError):
+            raise GeneratorError(f"{self.url}: no completion in response {json.dumps(resp)[:300]}") from None
+        text, hit = cut_at_stop(text or "", stop)
+        return Completion(text, hit or choice.get("finish_reason") != "length")
+
     def complete(self, prompts, max_tokens, temperature, top_p, stop, seed) -> list[Completion]:
-        out = []
+        payloads = []
         for i, prompt in enumerate(prompts):
             payload = {
                 "model": self.model,
@@ -113,17 +149,15 @@ class HTTPGenerator:
             payload.update(
                 {"messages": [{"role": "user", "content": prompt}]} if self.chat else {"prompt": prompt}
             )
-            resp = self._request(self.url, payload)
-            try:
-                choice = resp["choices"][0]
-                text = choice["message"]["content"] if self.chat else choice["text"]
-            except (KeyError, IndexError, TypeError):
-                raise GeneratorError(
-                    f"{self.url}: no completion in response {json.dumps(resp)[:300]}"
-                ) from None
-            text, hit = cut_at_stop(text or "", stop)
-            out.append(Completion(text, hit or choice.get("finish_reason") != "length"))
-        return out
+            payloads.append(payload)
+        workers = min(self.concurrency, len(payloads))
+        if workers <= 1:
+            return [self._complete_one(p, stop) for p in payloads]
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="posttrain-http")
+        try:
+            return list(pool.map(lambda p: self._complete_one(p, stop), payloads))  # in prompt order
+        finally:  # after an error: requests not yet sent are cancelled, those in flight are waited for
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class LocalGenerator:
@@ -170,9 +204,16 @@ class LocalGenerator:
 
 
 def make_generator(
-    spec: str, model: str | None = None, dtype: str = "auto", device: str = "auto"
+    spec: str,
+    model: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    *,
+    concurrency: int = 4,
+    retries: int = 2,
 ) -> Generator:
-    """An http(s):// URL -> HTTPGenerator (`model` names the served model); anything else -> a local model dir."""
+    """An http(s):// URL -> HTTPGenerator (`model` names the served model; `concurrency` requests in flight, each
+    retried `retries` times); anything else -> a local model dir (batched, so `concurrency` does not apply)."""
     if spec.startswith(("http://", "https://")):
-        return HTTPGenerator(spec, model=model)
+        return HTTPGenerator(spec, model=model, retries=retries, concurrency=concurrency)
     return LocalGenerator.from_dir(spec, dtype=dtype, device=device)

@@ -1,15 +1,19 @@
 """Identity data: "Who are you?" in many phrasings, answered with the configured name and maker.
 
 A fine-tuned model otherwise answers with whatever identity its base or teacher data taught it; a few hundred of
-these conversations (mixed in at a small rate) fix the name and maker.
+these conversations (mixed in at a small rate) fix the name and maker. Records are distinct (question, answer)
+pairs, 24 x 6 = 144 at most (`distinct_draws`: every question once before any gets a second answer).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from posttrain.data.schema import Conversation, Message
+
+T = TypeVar("T")
 
 QUESTIONS = [
     "Who are you?",
@@ -50,18 +54,28 @@ ANSWERS = [
 """Answer templates; {name} and {maker} are filled in."""
 
 
-def identity_records(name: str, maker: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` conversations; every question phrasing is used before any repeats (round-robin over a shuffle)."""
+def distinct_draws(groups: Sequence[Sequence[T]], n: int | None, seed: int) -> list[T]:
+    """Up to `n` items (None: all), none twice: round r takes the r-th item of every group that has one, the groups
+    in one seeded order, each group's items in a seeded order. Fewer than `n` when the groups run out. (Also the
+    order of `safety_records`: groups are prompts there, questions here.)"""
+    rng = random.Random(seed)
+    order = rng.sample(range(len(groups)), len(groups))
+    items = [rng.sample(list(g), len(g)) for g in groups]
+    rounds = max((len(g) for g in groups), default=0)
+    out = [items[g][r] for r in range(rounds) for g in order if r < len(items[g])]
+    return out if n is None else out[:n]
+
+
+def identity_records(name: str, maker: str, n: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` distinct conversations (None: all `len(QUESTIONS) * len(ANSWERS)`; fewer when `n` is more than that):
+    every question phrasing is used before any gets a second answer."""
     if not name.strip() or not maker.strip():
         raise ValueError("identity data needs a non-empty --name and --maker")
-    rng = random.Random(seed)
-    order = rng.sample(range(len(QUESTIONS)), len(QUESTIONS))
-    out = []
-    for i in range(n):
-        q = QUESTIONS[order[i % len(QUESTIONS)]]
-        a = rng.randrange(len(ANSWERS))
-        msgs = [Message("user", q), Message("assistant", ANSWERS[a].format(name=name, maker=maker))]
-        out.append(
-            Conversation(msgs, {"source": "identity", "task": "identity", "answer_template": a}).to_dict()
-        )
-    return out
+    pairs = distinct_draws([[(q, a) for a in range(len(ANSWERS))] for q in QUESTIONS], n, seed)
+    return [
+        Conversation(
+            [Message("user", q), Message("assistant", ANSWERS[a].format(name=name, maker=maker))],
+            {"source": "identity", "task": "identity", "answer_template": a},
+        ).to_dict()
+        for q, a in pairs
+    ]

@@ -6,7 +6,9 @@ against EVERY instruction already in the pool is below `rouge_threshold`. Kept i
 generator answers Self-Instruct's "Is it classification?" prompt; a keyword heuristic decides when it answers
 neither yes nor no) and get instances, input-first for generation tasks and output-first for classification.
 A task counts once it has at least one valid instance; rounds repeat until `num_tasks` or `max_rounds`.
-Every rejection is counted by reason. Deterministic for a seed (given a deterministic generator).
+The stats say what was generated, kept and rejected by each rule, for instructions, tasks and instances.
+Deterministic for a seed (given a deterministic generator): the generator answers a batch in prompt order, however
+many requests it keeps in flight (`HTTPGenerator.concurrency`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import random
 import re
 import string
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,12 +77,16 @@ class SeedTask:
 
 
 def read_seed_tasks(path: str) -> list[SeedTask]:
-    """Self-Instruct's seed format: {id, name, instruction, instances: [{input, output}], is_classification}."""
+    """Self-Instruct's seed format {id, name, instruction, instances: [{input, output}], is_classification}, one
+    object per line or one JSON array (`read_jsonl` reads both, whatever the file is called); an alpaca record
+    {instruction, input?, output} is a seed task with that one instance."""
     tasks = []
     for p, line, obj in read_jsonl(path):
         inst = obj.get("instruction")
         if not isinstance(inst, str) or not inst.strip():
             raise DataError(f"{where(p, line, 'instruction')}: expected a non-empty string, got {inst!r}")
+        if "instances" not in obj and isinstance(obj.get("output"), str):
+            obj = {**obj, "instances": [{"input": obj.get("input") or "", "output": obj["output"]}]}
         instances = obj.get("instances", [])
         if not isinstance(instances, list):
             raise DataError(f"{where(p, line, 'instances')}: expected a list of {{input, output}}")
@@ -172,13 +179,31 @@ def parse_classification_instances(text: str, finished: bool) -> list[tuple[str,
     return pairs[:-1] if not finished else pairs
 
 
-def clean_instances(pairs: list[tuple[str, str]], limit: int) -> list[tuple[str, str]]:
-    """Drop empty outputs and output == input; drop every instance of an input that got different outputs."""
-    pairs = [(i, o) for i, o in pairs if o and o != i]
-    outputs: dict[str, set[str]] = {}
+def clean_instances(
+    pairs: list[tuple[str, str]], limit: int, rejected: Counter | None = None
+) -> list[tuple[str, str]]:
+    """Drop empty outputs, output == input, every instance of an input that got different outputs, and repeats; keep
+    the first `limit`. Each dropped instance is counted by reason in `rejected`."""
+    rejected = Counter() if rejected is None else rejected
+    valid = []
     for i, o in pairs:
+        reason = "empty_output" if not o else "copies_input" if o == i else None
+        if reason:
+            rejected[reason] += 1
+        else:
+            valid.append((i, o))
+    outputs: dict[str, set[str]] = {}
+    for i, o in valid:
         outputs.setdefault(i, set()).add(o)
-    kept = list(dict.fromkeys((i, o) for i, o in pairs if len(outputs[i]) == 1))
+    kept: list[tuple[str, str]] = []
+    for i, o in valid:
+        reason = "conflicting_outputs" if len(outputs[i]) > 1 else "duplicate" if (i, o) in kept else None
+        if reason:
+            rejected[reason] += 1
+        else:
+            kept.append((i, o))
+    if len(kept) > limit:
+        rejected["over_max_instances"] += len(kept) - limit
     return kept[:limit]
 
 
@@ -206,25 +231,36 @@ def sample_prompt_instructions(
     return chosen
 
 
+@dataclass
+class _Tally:
+    """What a run generated and what each rule rejected (the stats of `run_self_instruct`)."""
+
+    requests: Counter = field(default_factory=Counter)
+    generated: Counter = field(default_factory=Counter)
+    instructions: Counter = field(default_factory=Counter)
+    """Rejected instructions by reason."""
+    instances: Counter = field(default_factory=Counter)
+    """Rejected instances by reason."""
+    tasks: Counter = field(default_factory=Counter)
+    """Rejected tasks (accepted instructions that did not become tasks) by reason."""
+    decided_by: Counter = field(default_factory=Counter)
+
+
 def _accept(
-    completions: list[Completion],
-    pool: RougePool,
-    cfg: SelfInstructConfig,
-    counts: Counter,
-    rejections: Counter,
+    completions: list[Completion], pool: RougePool, cfg: SelfInstructConfig, tally: _Tally
 ) -> list[str]:
     kept = []
     for comp in completions:
         items, truncated = parse_instructions(comp)
+        tally.generated["instructions"] += len(items) + truncated
         if truncated:
-            rejections["truncated"] += truncated
+            tally.instructions["truncated"] += truncated
         for inst in items:
-            counts["proposed"] += 1
             reason = instruction_rejection(inst, cfg)
             if reason is None and pool.max_score(inst)[0] >= cfg.rouge_threshold:
                 reason = "rouge"
             if reason:
-                rejections[reason] += 1
+                tally.instructions[reason] += 1
                 continue
             pool.add(inst)
             kept.append(inst)
@@ -232,17 +268,18 @@ def _accept(
 
 
 def _make_tasks(
-    insts: list[str], gen: Generator, cfg: SelfInstructConfig, seed: int, counts: Counter, rejections: Counter
+    insts: list[str], gen: Generator, cfg: SelfInstructConfig, seed: int, tally: _Tally
 ) -> list[MachineTask]:
     temp = cfg.instance_temperature
     answers = gen.complete([classify_prompt(i) for i in insts], 3, temp, 1.0, ["\n", "Task"], seed)
+    tally.requests["classify"] += len(insts)
     labels = []
     for inst, ans in zip(insts, answers):
         verdict = parse_yes_no(ans.text)
         labels.append(
             (heuristic_is_classification(inst), "heuristic") if verdict is None else (verdict, "generator")
         )
-        counts[f"decided_by_{labels[-1][1]}"] += 1
+        tally.decided_by[labels[-1][1]] += 1
     stop = [f"Example {cfg.max_instances + 1}", "Task:"]
     outs = gen.complete(
         [instance_prompt(i, clf) for i, (clf, _) in zip(insts, labels)],
@@ -252,27 +289,58 @@ def _make_tasks(
         stop,
         seed + 1,
     )
+    tally.requests["instances"] += len(insts)
     tasks = []
     for inst, (clf, by), out in zip(insts, labels, outs):
         parse = parse_classification_instances if clf else parse_generation_instances
-        pairs = clean_instances(parse(out.text, out.finished), cfg.max_instances)
+        parsed = parse(out.text, True)
+        complete = parse(out.text, out.finished)  # without a last instance the token limit may have cut
+        tally.generated["instances"] += len(parsed)
+        if len(parsed) > len(complete):
+            tally.instances["truncated"] += len(parsed) - len(complete)
+        pairs = clean_instances(complete, cfg.max_instances, tally.instances)
         if not pairs:
-            rejections["no_instances"] += 1
+            tally.tasks["no_instances"] += 1
             continue
         tasks.append(MachineTask(inst, clf, pairs, by))
     return tasks
 
 
+class Progress:
+    """A run's progress on stderr: a tqdm bar over tasks when the stream is a terminal, else one line per round."""
+
+    def __init__(self, total: int, stream=None):
+        self.stream = stream or sys.stderr
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, desc="self-instruct", unit="task", file=self.stream, dynamic_ncols=True
+            )
+
+    def update(self, rounds: int, tasks: int, line: str) -> None:
+        if self.bar is None:
+            print(line, file=self.stream, flush=True)
+            return
+        self.bar.update(tasks - self.bar.n)
+        self.bar.set_postfix_str(f"round {rounds}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run_self_instruct(
-    seeds: list[SeedTask], gen: Generator, cfg: SelfInstructConfig, log=None
+    seeds: list[SeedTask], gen: Generator, cfg: SelfInstructConfig, progress: Progress | None = None
 ) -> tuple[list[MachineTask], dict[str, Any]]:
-    """Bootstrap up to `cfg.num_tasks` new tasks; returns them and the stats (counts + rejections by reason)."""
+    """Bootstrap up to `cfg.num_tasks` new tasks; returns them and the stats: requests sent, and instructions,
+    tasks and instances generated, kept and rejected by each rule."""
     rng = random.Random(cfg.seed)
     pool = RougePool([t.instruction for t in seeds])
     machine: list[str] = []
     tasks: list[MachineTask] = []
-    counts: Counter = Counter()
-    rejections: Counter = Counter()
+    tally = _Tally()
     rounds = 0
     while len(tasks) < cfg.num_tasks and rounds < cfg.max_rounds:
         seed = cfg.seed * 1_000_003 + rounds * 101
@@ -282,26 +350,45 @@ def run_self_instruct(
             for _ in range(cfg.requests_per_round)
         ]
         comps = gen.complete(prompts, cfg.propose_tokens, cfg.temperature, cfg.top_p, PROPOSE_STOP, seed)
-        new = _accept(comps, pool, cfg, counts, rejections)
+        tally.requests["propose"] += len(prompts)
+        new = _accept(comps, pool, cfg, tally)
         machine += new
         if new:
-            tasks += _make_tasks(new, gen, cfg, seed + 7, counts, rejections)
-        if log:
-            log(f"round {rounds}: {len(new)} new instructions, {len(tasks)}/{cfg.num_tasks} tasks")
+            tasks += _make_tasks(new, gen, cfg, seed + 7, tally)
+        if progress:
+            done = min(len(tasks), cfg.num_tasks)
+            progress.update(
+                rounds,
+                done,
+                f"round {rounds}: {len(new)} new instructions, {done}/{cfg.num_tasks} tasks, "
+                f"{sum(tally.requests.values())} requests",
+            )
+    if len(tasks) > cfg.num_tasks:  # the last round made more than needed
+        tally.tasks["over_num_tasks"] += len(tasks) - cfg.num_tasks
+        tally.instances["over_num_tasks"] += sum(len(t.instances) for t in tasks[cfg.num_tasks :])
     tasks = tasks[: cfg.num_tasks]
     stats = {
         "rounds": rounds,
-        "requests": rounds * cfg.requests_per_round,
-        "proposed": counts["proposed"],
-        "accepted_instructions": len(machine),
-        "tasks": len(tasks),
-        "classification_tasks": sum(t.is_classification for t in tasks),
-        "instances": sum(len(t.instances) for t in tasks),
-        "classification_decided_by": {
-            "generator": counts["decided_by_generator"],
-            "heuristic": counts["decided_by_heuristic"],
+        "requests": {**dict(sorted(tally.requests.items())), "total": sum(tally.requests.values())},
+        "generated": {
+            "instructions": tally.generated["instructions"],
+            "instances": tally.generated["instances"],
         },
-        "rejections": dict(sorted(rejections.items())),
+        "kept": {
+            "instructions": len(machine),
+            "tasks": len(tasks),
+            "classification_tasks": sum(t.is_classification for t in tasks),
+            "instances": sum(len(t.instances) for t in tasks),
+        },
+        "rejected": {
+            "instructions": dict(sorted(tally.instructions.items())),
+            "tasks": dict(sorted(tally.tasks.items())),
+            "instances": dict(sorted(tally.instances.items())),
+        },
+        "classification_decided_by": {
+            "generator": tally.decided_by["generator"],
+            "heuristic": tally.decided_by["heuristic"],
+        },
         "seed": cfg.seed,
     }
     return tasks, stats

@@ -7,7 +7,7 @@ A task spec (YAML) maps a dataset's fields to input/output and lists instruction
       - name: ag_news
         source: ag_news.jsonl          # a file (relative to the spec) ... or `rows:` inline
         input: text                    # field names; default prompt/completion when rows have them, else input/output
-        output: label
+        output: label                  # (rows with an `instruction`, alpaca / Self-Instruct seeds: see below)
         choices: [World, Sports, Business, Sci/Tech]   # or the name of a field holding a list per row
         templates:                     # task descriptions; {field} placeholders or Jinja ({{ input }})
           - "Classify the news article into one of: {choices}."
@@ -21,6 +21,11 @@ How one instance is laid out (parts joined by a blank line) -- the survey's Figu
   * without the description (description: false): demonstrations + [input_format].
 Each demonstration is `demo_format` ("{input}\\n{output}"). With a `cot` field, every output (the instance's and the
 demonstrations') is `cot_format` ("{cot}\\nSo the answer is: {output}") where the rationale is non-empty.
+
+Rows that carry their own instruction (alpaca `{instruction, input?, output, system?}`; Self-Instruct seed tasks
+`{instruction, instances: [{input, output}, ...]}`, one row per instance) are tasks of their own: the default
+template is "{instruction}", a missing input is empty, a `system` string becomes the system message, and
+demonstrations come from the rows with the same instruction (a seed task's other instances) only.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from typing import Any
 
 import yaml
 
-from posttrain.data.readers import read_nonempty
+from posttrain.data.markers import END_MARKERS, strip_trailing
+from posttrain.data.readers import expand_instances, read_nonempty
 from posttrain.data.schema import Conversation, DataError, Message, where
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -57,8 +63,9 @@ class TaskSpec:
     """Label set: a fixed list, or the name of a field holding each row's list. Available as {choices}."""
     cot: str | None = None
     """Field holding a chain-of-thought rationale; output becomes `cot_format` where it is non-empty."""
-    templates: list[str] = field(default_factory=lambda: ["{input}"])
-    """Instruction templates (task descriptions); one is drawn per instance."""
+    templates: list[str] | None = None
+    """Instruction templates (task descriptions); one is drawn per instance. Default: "{instruction}" when the rows
+    have an instruction (alpaca, Self-Instruct seeds), else "{input}"."""
     input_format: str = "{input}"
     """How the instance's input is shown after a description that does not contain {input}."""
     demo_format: str = "{input}\n{output}"
@@ -69,10 +76,16 @@ class TaskSpec:
     """Demonstrations per instance, or a list to draw from per instance (e.g. [0, 2])."""
     description: bool | str = True
     """Show the task description: true | false | mixed."""
-    strip_suffix: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
-    """Strings removed from the end of outputs (T0/P3 completions end in <|endoftext|>)."""
+    strip_suffix: list[str] = field(default_factory=lambda: list(END_MARKERS))
+    """Strings removed from the end of outputs (T0/P3 completions end in <|endoftext|>); default: the end-of-text
+    markers of common tokenizers (`posttrain.data.markers.END_MARKERS`)."""
     max_rows: int | None = None
     """Use only the first N rows."""
+
+
+FIELD_PAIRS = (("prompt", "completion"), ("inputs_pretokenized", "targets_pretokenized"), ("input", "output"))
+"""Default (input, output) fields: the first pair whose input field a row has (T0/P3 renderings such as
+Self-Instruct's, P3 as stored on the Hub, then alpaca / Self-Instruct / anything else)."""
 
 
 @dataclass
@@ -82,6 +95,13 @@ class Row:
     choices: list[str]
     cot: str
     fields: dict[str, Any]
+    system: str = ""
+
+    @property
+    def instruction(self) -> str | None:
+        """The row's own instruction (alpaca, Self-Instruct), which makes it a task of its own."""
+        value = self.fields.get("instruction")
+        return value if isinstance(value, str) else None
 
 
 def _is_str(v: Any) -> bool:
@@ -153,7 +173,7 @@ def load_spec(path: str) -> tuple[list[TaskSpec], int]:
                     f"{where(path, None, f'tasks[{i}].{key}')}: expected {expected}, got {value!r}"
                 )
         spec = TaskSpec(**t)
-        if (
+        if spec.templates is not None and (
             not isinstance(spec.templates, list)
             or not spec.templates
             or not all(isinstance(x, str) for x in spec.templates)
@@ -178,33 +198,70 @@ def _text(obj: dict, key: str, path, line, fld_prefix: str) -> str:
     return value
 
 
-def read_task_rows(spec: TaskSpec, spec_path: str | None = None) -> list[Row]:
-    """The task's rows as (input, output, choices, cot); missing or non-string fields raise file:line errors."""
+def _records(
+    spec: TaskSpec, spec_path: str | None, counts: Counter
+) -> list[tuple[str, int | None, dict, str]]:
+    """(path, line, record, field prefix for errors): inline rows or the source's records, a Self-Instruct seed task
+    expanded to one record per instance (a task without instances is counted, `skipped_no_instances`)."""
     if spec.rows is not None:
-        records = [(spec_path or "<spec>", None, r, f"rows[{j}].") for j, r in enumerate(spec.rows)]
+        raw = [(spec_path or "<spec>", None, r, f"rows[{j}].") for j, r in enumerate(spec.rows)]
     else:
-        records = [(p, n, r, "") for p, n, r in read_nonempty(spec.source)]
+        raw = [(p, n, r, "") for p, n, r in read_nonempty(spec.source)]
+    out = []
+    for p, n, rec, prefix in raw:
+        expanded = expand_instances(rec, p, n) if isinstance(rec, dict) else [rec]
+        counts["skipped_no_instances"] += not expanded
+        out += [(p, n, r, prefix) for r in expanded]
+    return out
+
+
+def _strip_output(text: str, suffixes: list[str]) -> str:
+    suffixes = [x for x in suffixes if x]
+    return strip_trailing(text, tuple(suffixes))[0].rstrip() if suffixes else text
+
+
+def read_task_rows(spec: TaskSpec, spec_path: str | None = None, counts: Counter | None = None) -> list[Row]:
+    """The task's rows as (input, output, choices, cot); missing or non-string fields raise file:line errors. Once
+    the first row has an instruction, every row must have one and a missing input is empty."""
+    counts = Counter() if counts is None else counts
+    records = _records(spec, spec_path, counts)
     records = records[: spec.max_rows] if spec.max_rows else records
+    own_instruction = bool(records) and isinstance(records[0][2], dict) and "instruction" in records[0][2]
     rows = []
     for path, line, rec, prefix in records:
         if not isinstance(rec, dict):
             raise DataError(f"{where(path, line, prefix.rstrip('.'))}: expected an object")
-        in_key = spec.input or ("prompt" if "prompt" in rec else "input")
-        out_key = spec.output or ("completion" if "prompt" in rec else "output")
-        output = _text(rec, out_key, path, line, prefix).strip()
-        for suffix in spec.strip_suffix:
-            if suffix and output.endswith(suffix):
-                output = output[: -len(suffix)].rstrip()
+        pair = next(((i, o) for i, o in FIELD_PAIRS if i in rec), FIELD_PAIRS[-1])
+        in_key, out_key = spec.input or pair[0], spec.output or pair[1]
+        if own_instruction:
+            _text(rec, "instruction", path, line, prefix)
+            rec = {**rec, in_key: "" if rec.get(in_key) is None else rec[in_key]}
+        output = _strip_output(_text(rec, out_key, path, line, prefix).strip(), spec.strip_suffix)
         choices = (
             spec.choices if isinstance(spec.choices, list) else rec.get(spec.choices) if spec.choices else []
         )
         if not isinstance(choices, list):
             raise DataError(f"{where(path, line, prefix + str(spec.choices))}: expected a list of choices")
         cot = _text(rec, spec.cot, path, line, prefix).strip() if spec.cot and rec.get(spec.cot) else ""
+        system = _text(rec, "system", path, line, prefix).strip() if rec.get("system") is not None else ""
         rows.append(
-            Row(_text(rec, in_key, path, line, prefix).strip(), output, [str(c) for c in choices], cot, rec)
+            Row(
+                _text(rec, in_key, path, line, prefix).strip(),
+                output,
+                [str(c) for c in choices],
+                cot,
+                rec,
+                system,
+            )
         )
     return rows
+
+
+def templates_of(spec: TaskSpec, rows: list[Row]) -> list[str]:
+    """The spec's templates, or the default for its rows: "{instruction}" for rows with their own, else "{input}"."""
+    if spec.templates is not None:
+        return spec.templates
+    return ["{instruction}"] if rows and rows[0].instruction is not None else ["{input}"]
 
 
 class TemplateFillError(DataError):
@@ -252,7 +309,7 @@ def render_instance(
 ) -> tuple[str, str]:
     """(user prompt, assistant reply) of row i with the given template, description choice and demonstrations."""
     values = _values(rows[i], spec)
-    template = spec.templates[template_idx]
+    template = templates_of(spec, rows)[template_idx]
     demos = [fill(spec.demo_format, _values(rows[j], spec)) for j in demo_idx]
     if not show_description:
         parts = demos + [fill(spec.input_format, values)]
@@ -263,20 +320,39 @@ def render_instance(
     return "\n\n".join(p.strip() for p in parts if p.strip()), values["output"]
 
 
+def _same_task(rows: list[Row]) -> tuple[list[list[int]], list[int]]:
+    """(for each row, the indices of its task's rows; its position among them): rows with their own instruction
+    are grouped by it, all other rows are one task."""
+    groups: dict[str | None, list[int]] = {}
+    position = []
+    for i, row in enumerate(rows):
+        group = groups.setdefault(row.instruction, [])
+        position.append(len(group))
+        group.append(i)
+    return [groups[row.instruction] for row in rows], position
+
+
 def build_task(spec: TaskSpec, rows: list[Row], seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One instance per row with a drawn template, description choice and k demonstrations; plus counts."""
+    """One instance per row with a drawn template, description choice and k demonstrations from the same task (never
+    the row itself); plus counts. Rows whose output or rendered prompt is empty are skipped and counted."""
     rng = random.Random(f"{seed}:{spec.name}")
     shots = spec.k_shot if isinstance(spec.k_shot, list) else [spec.k_shot]
+    templates = templates_of(spec, rows)
+    task_of, position = _same_task(rows)
     out, counts = [], Counter()
     for i in range(len(rows)):
-        t = rng.randrange(len(spec.templates))
+        t = rng.randrange(len(templates))
         show = spec.description if spec.description != "mixed" else rng.random() < 0.5
-        k = min(rng.choice(shots), len(rows) - 1)
-        demo_idx = [j + (j >= i) for j in rng.sample(range(len(rows) - 1), k)]  # skip row i itself
+        task, p = task_of[i], position[i]
+        k = min(rng.choice(shots), len(task) - 1)
+        demo_idx = [task[j + (j >= p)] for j in rng.sample(range(len(task) - 1), k)]  # skip row i itself
         if not rows[i].output:
             counts["skipped_empty_output"] += 1
             continue
         user, reply = render_instance(spec, rows, i, t, bool(show), demo_idx)
+        if not user:
+            counts["skipped_empty_prompt"] += 1
+            continue
         meta = {
             "source": "tasks",
             "task": spec.name,
@@ -285,7 +361,10 @@ def build_task(spec: TaskSpec, rows: list[Row], seed: int) -> tuple[list[dict[st
             "description": bool(show),
             "cot": bool(rows[i].cot),
         }
-        out.append(Conversation([Message("user", user), Message("assistant", reply)], meta).to_dict())
+        system = [Message("system", rows[i].system)] if rows[i].system else []
+        out.append(
+            Conversation([*system, Message("user", user), Message("assistant", reply)], meta).to_dict()
+        )
         counts[f"template_{t}"] += 1
         counts[f"k_shot_{k}"] += 1
         counts["with_description" if show else "without_description"] += 1
@@ -297,7 +376,8 @@ def build_from_spec(specs: list[TaskSpec], seed: int, spec_path: str | None = No
     """All tasks' instances (in spec order) and per-task counts."""
     records, per_task = [], {}
     for k, spec in enumerate(specs):
-        rows = read_task_rows(spec, spec_path)
+        read_counts: Counter = Counter()
+        rows = read_task_rows(spec, spec_path, read_counts)
         try:
             recs, counts = build_task(spec, rows, seed)
         except TemplateFillError as e:
@@ -305,10 +385,11 @@ def build_from_spec(specs: list[TaskSpec], seed: int, spec_path: str | None = No
                 f"{where(spec_path or spec.source, None, f'tasks[{k}]')} ({spec.name}): {e}"
             ) from None
         records += recs
-        per_task[spec.name] = counts
+        per_task[spec.name] = {**counts, **{key: n for key, n in read_counts.items() if n}}
     return records, {"tasks": per_task}
 
 
-def spec_for_file(path: str) -> TaskSpec:
-    """A prompt/completion (or input/output) file as a task of its own, named after the file."""
-    return TaskSpec(name=Path(path).name.split(".")[0], source=path)
+def spec_for_file(path: str, k_shot: int = 0) -> TaskSpec:
+    """A prompt/completion, input/output, alpaca or Self-Instruct seed file as a task of its own, named after the
+    file, with `k_shot` demonstrations per instance (from the same instruction for rows that have one)."""
+    return TaskSpec(name=Path(path).name.split(".")[0], source=path, k_shot=k_shot)
