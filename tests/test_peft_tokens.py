@@ -91,24 +91,30 @@ def test_rows_start_as_the_base_switch_off_and_reload(tmp_path, tied, method):
         assert (merged(IDS).logits - after).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_peft_loads_lora_with_token_rows_with_the_same_logits(tmp_path, tied):
+def test_peft_loads_lora_with_token_rows_with_the_same_logits(tmp_path):
+    """Tied (rows shared with the head) and untied (rows of its own) heads, both read in one fresh process."""
     tok = tiny_tokenizer()
-    m = model(tied)
-    m.save_pretrained(tmp_path / "base")
-    m = apply_peft(m, PeftConfig(method="lora", trainable_tokens=["template"]), tokenizer=tok)
-    moved(m)
-    ours = m(IDS).logits
-    save_adapter(m, tmp_path / "a")
+    ours = {}
+    for tied in (True, False):
+        m = model(tied)
+        m.save_pretrained(tmp_path / f"base-{tied}")
+        m = apply_peft(m, PeftConfig(method="lora", trainable_tokens=["template"]), tokenizer=tok)
+        moved(m)
+        ours[tied] = m(IDS).logits
+        save_adapter(m, tmp_path / f"a-{tied}")
     got = fresh_process(
         "import json, torch\n"
         "from transformers import AutoModelForCausalLM\n"
         "from peft import PeftModel\n"
-        f"base = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'base')!r})\n"
-        f"m = PeftModel.from_pretrained(base, {str(tmp_path / 'a')!r}).eval()\n"
-        f"print(json.dumps(m(torch.tensor({IDS.tolist()})).logits.tolist()))\n"
+        "out = {}\n"
+        "for tied in (True, False):\n"
+        f"    base = AutoModelForCausalLM.from_pretrained(f'{tmp_path}/base-{{tied}}')\n"
+        f"    m = PeftModel.from_pretrained(base, f'{tmp_path}/a-{{tied}}').eval()\n"
+        f"    out[str(tied)] = m(torch.tensor({IDS.tolist()})).logits.tolist()\n"
+        "print(json.dumps(out))\n"
     )
-    assert (torch.tensor(got) - ours).abs().max() < 1e-5
+    for tied in (True, False):
+        assert (torch.tensor(got[str(tied)]) - ours[tied]).abs().max() < 1e-5
 
 
 def test_rows_let_a_frozen_model_learn_to_end_a_turn():

@@ -349,3 +349,19 @@ def test_bad_ranking_fields_name_the_field():
     ):
         with pytest.raises(DataError, match=rf"r.jsonl:2 field '{fld}'"):
             parse_record({**base, **change}, "auto", "r.jsonl", 2)
+
+
+def test_pair_report_counts_the_end_markers_it_removed(tok):
+    """A pair whose replies end in another tokenizer's `<|endoftext|>`: the marker is not trained, and the
+    report says how many were removed (once per message, though the prompt is encoded with each reply)."""
+    from posttrain.data.preference import tokenize_pairs
+
+    pair = Preference(
+        [Message("user", "Is this news about business?")],
+        [Message("assistant", "Business<|endoftext|>")],
+        [Message("assistant", "Sports<|endoftext|>")],
+    )
+    samples, report = tokenize_pairs([pair], tok)
+    marker = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert report.end_markers_stripped == 2 and report.end_markers_mapped == 0
+    assert marker not in samples[0].chosen_ids and marker not in samples[0].rejected_ids

@@ -30,6 +30,7 @@ import math
 import random
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -278,6 +279,10 @@ class TruncationReport:
     samples: int = 0
     prompt_truncated: int = 0
     response_truncated: int = 0
+    end_markers_stripped: int = 0
+    """End-of-text markers written as text at the end of a message, removed (`posttrain.data.markers`)."""
+    end_markers_mapped: int = 0
+    """Such markers inside a message, replaced by the tokenizer's own end-of-text token."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -342,8 +347,14 @@ def _encode(
     loc: str,
 ) -> tuple[list[int], list[list[int]]]:
     from posttrain.data.chat import encode_prompt
+    from posttrain.data.markers import clean_messages
 
-    p_ids = encode_prompt(tokenizer, prompt, template)
+    counts = Counter(end_markers_stripped=0, end_markers_mapped=0)
+    p_ids = encode_prompt(tokenizer, prompt, template, counts=counts)
+    for r in responses:  # counted here once; response_ids cleans the same text again
+        clean_messages(tokenizer, [{"role": m.role, "content": m.content} for m in r], counts)
+    report.end_markers_stripped += counts["end_markers_stripped"]
+    report.end_markers_mapped += counts["end_markers_mapped"]
     r_ids = [response_ids(tokenizer, prompt, r, p_ids, template, loc) for r in responses]
     p_ids, r_ids, p_cut, r_cut = truncate(p_ids, r_ids, max_length, prompt_floor, tokenizer.bos_token_id)
     report.samples += 1
@@ -385,19 +396,6 @@ def tokenize_rankings(
 
 
 # re-exported: collation and the batch source used to live here
-def record_messages(rec: dict, path: str, line: int) -> list[Message]:
-    """The messages of any record posttrain reads (every format above, preference pairs with the chosen reply,
-    rankings with the best one), checked: a bad record is a DataError naming file, line and field."""
-    if "chosen" in rec or {"responses", "ranking"} <= set(rec):
-        item = parse_record(rec, "auto", path, line)
-        if isinstance(item, Ranking):
-            return [*item.prompt, Message("assistant", item.responses[item.ranking[0]])]
-        return [*item.prompt, *item.chosen]
-    from posttrain.data.readers import FORMATS, detect_format
-
-    return FORMATS[detect_format(rec, path, line)](rec, path, line)
-
-
 from posttrain.data.preference_batches import (  # noqa: E402, F401
     ROW_LENGTH,
     PreferenceBatches,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.atomic import atomic_open, atomic_write_json
-from posttrain.data.preference import record_messages
+from posttrain.data.messages import record_messages
 from posttrain.data.readers import read_jsonl, read_nonempty, read_records
 from posttrain.data.schema import DataError, messages_from, where
 

@@ -14,8 +14,8 @@ BAR_WIDTH = 40
 
 
 def _messages(rec: dict[str, Any], n: int) -> list:
-    """Any record posttrain reads as messages (preference records: prompt + chosen); see `record_messages`."""
-    from posttrain.data.preference import record_messages
+    """Any record posttrain reads as messages (preference records: prompt + chosen); see `posttrain.data.messages.record_messages`."""
+    from posttrain.data.messages import record_messages
 
     return record_messages(rec, "<record>", n)
 
