@@ -29,6 +29,21 @@ def write_prefs(path, n, seed=0):
     return str(path)
 
 
+def training_files(d, n: int, arch: str = "llama"):
+    """d/model (a tiny `arch` + tokenizer), d/prefs.jsonl (n synthetic pairs) and d/sft.jsonl (their prompts and
+    chosen replies): what every training command needs. Returns d."""
+    from posttrain.models import tiny_model, tiny_tokenizer
+
+    tiny_model(arch).save_pretrained(d / "model")
+    tiny_tokenizer().save_pretrained(d / "model")
+    write_prefs(d / "prefs.jsonl", n)
+    rows = [json.loads(line) for line in (d / "prefs.jsonl").read_text().splitlines()]
+    (d / "sft.jsonl").write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n" for r in rows)
+    )
+    return d
+
+
 def token_rows(lengths, seed=0):
     """Random token-id rows of the given lengths (ids 4..499, clear of the tiny tokenizers' specials)."""
     import torch

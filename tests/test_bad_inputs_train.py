@@ -14,23 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_prefs
+from helpers import training_files
 from posttrain.cli import main as cli
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny model, good data for every command, bad files, and one finished SFT run."""
-    from posttrain.models import tiny_model, tiny_tokenizer
-
-    d = tmp_path_factory.mktemp("badtrain")
-    tiny_model("llama").save_pretrained(d / "model")
-    tiny_tokenizer().save_pretrained(d / "model")
-    write_prefs(d / "prefs.jsonl", 8)
+    d = training_files(tmp_path_factory.mktemp("badtrain"), 8)
     rows = [json.loads(line) for line in (d / "prefs.jsonl").read_text().splitlines()]
-    (d / "sft.jsonl").write_text(
-        "".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n" for r in rows)
-    )
     good = (d / "sft.jsonl").read_text().splitlines()
     (d / "bad_json.jsonl").write_text(
         "\n".join([good[0], good[1], '{"prompt": "x", "completion": '] + good[2:]) + "\n"

@@ -14,23 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import write_prefs
+from helpers import training_files
 from posttrain.cli import main as cli
 from posttrain.train.log import read_metrics
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from posttrain.models import tiny_model, tiny_tokenizer
-
-    d = tmp_path_factory.mktemp("safety")
-    tiny_model("llama").save_pretrained(d / "model")
-    tiny_tokenizer().save_pretrained(d / "model")
-    write_prefs(d / "prefs.jsonl", 16)
-    with open(d / "prefs.jsonl") as f, open(d / "sft.jsonl", "w") as out:
-        for line in f:
-            rec = json.loads(line)
-            out.write(json.dumps({"prompt": rec["prompt"], "completion": rec["chosen"]}) + "\n")
+    d = training_files(tmp_path_factory.mktemp("safety"), 16)
     (d / "held.jsonl").write_text((d / "sft.jsonl").read_text().split("\n", 4)[-1])
     return d
 

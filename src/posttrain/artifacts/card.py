@@ -23,7 +23,7 @@ PIPELINES = {"rm": "text-classification"}
 """Command -> Hub pipeline tag (text-generation otherwise)."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -43,7 +43,7 @@ def data_rows(source: str | None) -> list[dict[str, Any]]:
         if path.is_file():
             records = sum(1 for _ in read_records(part))
             rows.append(
-                {"source": part, "sha256": _sha256(path), "bytes": path.stat().st_size, "records": records}
+                {"source": part, "sha256": file_sha256(path), "bytes": path.stat().st_size, "records": records}
             )
         else:
             rows.append({"source": part, "sha256": None, "bytes": None, "records": None})

@@ -14,7 +14,6 @@ afresh. `train.resume=false` in a directory that holds a run is refused the same
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from posttrain.artifacts.card import file_sha256
 from posttrain.atomic import atomic_write_json, atomic_write_text, fsync_dir
 from posttrain.config import to_dict
 from posttrain.errors import UsageError
@@ -64,14 +64,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def data_hashes(config: dict[str, Any]) -> dict[str, str]:
     """sha256 of every local data file the config names (Hub datasets and directories are named, not hashed)."""
     flat = flatten(config)
@@ -80,7 +72,7 @@ def data_hashes(config: dict[str, Any]) -> dict[str, str]:
         for part in str(flat.get(key) or "").split(","):
             path = Path(part.strip())
             if part.strip() and path.is_file():
-                out[part.strip()] = sha256(path)
+                out[part.strip()] = file_sha256(path)
     return out
 
 
