@@ -45,7 +45,8 @@ def test_targets_compare_the_right_numbers():
     rows = list(got.values())
     assert rows[0][1] is True and abs(rows[0][0] - 0.65) < 1e-9  # 0.70 - 0.05
     assert rows[1] == (0.80, False)  # reward model below 85%
-    assert rows[2] == (0.6, True) and rows[3] == (0.4, False)  # PPO beats SFT 0.5, DPO does not
+    assert rows[2][1] is True and abs(rows[2][0] - 0.1) < 1e-9  # the change: PPO 0.6 over SFT 0.5
+    assert rows[3][1] is False and abs(rows[3][0] + 0.1) < 1e-9  # DPO 0.4: -0.1
     assert rows[4] == (0.95, True) and rows[5] == (0.2, False)
     assert rows[6] == (600.0, True)
     quick = targets(_report(mode="quick"))
@@ -69,6 +70,57 @@ def test_write_report_writes_json_markdown_and_plots(tmp_path):
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["sft"]["lora"]["trainable_pct"] == 15.0 and len(data["targets"]) == 7
     md = (tmp_path / "report.md").read_text()
-    assert "| sft lora |" in md and "| ppo | 0.600 | 1.000 |" in md and "FAIL" in md
+    assert (
+        "| sft lora |" in md and "| ppo | 0.600 | +0.100 | 1.000 |" in md and "| dpo | 0.400 | -0.100 |" in md
+    )
+    assert "| PPO raises mean gold reward over SFT (change) | +0.100 | pass |" in md and "FAIL" in md
+    assert "smoke run" not in md
     for png in ("loss_curves.png", "ppo.png", "peft.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_mode_says_what_it_can_and_cannot_show():
+    r = _report(mode="quick")
+    md = markdown({**r, "targets": targets(r)})
+    assert "Quick mode is a smoke run" in md and md.index("smoke run") < md.index("## Targets")
+
+
+def test_plots_give_each_loss_family_its_own_scale_and_ppo_one_point_per_rollout(tmp_path):
+    """A reward model's losses reach 1e-40: on the SFT panel's log axis they would stretch it over 40 decades."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from posttrain.demo import report as rep
+
+    for run, losses in (
+        ("sft/full", [2.0, 1.0, 0.5]),
+        ("rm", [0.7, 1e-20, 1e-40]),
+        ("dpo", [0.69, 0.5, 0.4]),
+    ):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(losses))
+        )
+    (tmp_path / "ppo").mkdir()
+    rows = [{"step": i + 1, "reward": float(i // 2), "kl": 0.1 * (i // 2), "approx_kl": 1e-4, "kl_coef": 0.2}
+            for i in range(6)]  # fmt: skip
+    (tmp_path / "ppo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scales, points = [], []
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, path, **kw):
+        if str(path).endswith("loss_curves.png"):
+            scales.extend(ax.get_yscale() for ax in fig.axes)
+        if str(path).endswith("ppo.png"):
+            points.extend(len(line.get_xdata()) for line in fig.axes[0].get_lines())
+        return real_savefig(fig, path, **kw)
+
+    plt.Figure.savefig = spy
+    try:
+        rep.plots(_report(), tmp_path)
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert scales == ["log", "linear", "linear"]
+    assert points == [3]  # 6 optimiser steps over 3 rollouts

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from posttrain.config import ConfigError
     from posttrain.demo.pipeline import Pipeline
-    from posttrain.demo.report import write_report
+    from posttrain.demo.report import QUICK_NOTE, target_value, write_report
     from posttrain.demo.settings import settings
 
     t0 = time.time()
@@ -51,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         p.exit(2, f"posttrain demo: {e}\n")
     pipe = Pipeline(ns.out, cfg, log=log)
     report = write_report(pipe.run(), ns.out)
+    if report.get("mode") == "quick":
+        log(QUICK_NOTE.replace("**", ""))
     for t in report["targets"]:
         mark = {True: "pass", False: "FAIL", None: "n/a "}[t["pass"]]
-        log(f"[{mark}] {t['target']}: {t['value'] if t['value'] is not None else 'not measured'}")
+        log(f"[{mark}] {t['target']}: {target_value(t)}")
     log(f"report: {os.path.join(ns.out, 'report.md')}")
     failed = [n for n, st in report["stages"].items() if st["status"] == "failed"]
     return 1 if failed else 0
