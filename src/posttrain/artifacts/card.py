@@ -43,7 +43,12 @@ def data_rows(source: str | None) -> list[dict[str, Any]]:
         if path.is_file():
             records = sum(1 for _ in read_records(part))
             rows.append(
-                {"source": part, "sha256": file_sha256(path), "bytes": path.stat().st_size, "records": records}
+                {
+                    "source": part,
+                    "sha256": file_sha256(path),
+                    "bytes": path.stat().st_size,
+                    "records": records,
+                }
             )
         else:
             rows.append({"source": part, "sha256": None, "bytes": None, "records": None})
