@@ -41,15 +41,15 @@ class CountingHandler(Handler):
             cls.fail_first -= fail
         try:
             time.sleep(cls.delay(req.get("seed", 0)))
-            if fail:
-                self._send({"error": "slow down"}, 429)
-                return
-            text = scripted_answer(req["prompt"], req.get("seed", 0))
-            self._send({"choices": [{"text": text, "finish_reason": "stop"}]})
-        finally:
+        finally:  # booked before the answer goes out: the client may read `finished` as soon as it has it
             with cls.lock:
                 cls.in_flight -= 1
                 cls.finished.append(req.get("seed"))
+        if fail:
+            self._send({"error": "slow down"}, 429)
+            return
+        text = scripted_answer(req["prompt"], req.get("seed", 0))
+        self._send({"choices": [{"text": text, "finish_reason": "stop"}]})
 
 
 def _reset(delay=lambda seed: 0.02, fail_first=0):
