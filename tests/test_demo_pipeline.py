@@ -2,14 +2,15 @@
 
 import pytest
 
-from posttrain.demo.pipeline import Pipeline, _runner
+from posttrain.demo.alignment import runner
+from posttrain.demo.pipeline import Pipeline
 from posttrain.demo.settings import settings
 
 
 def test_stage_status_skipped_failed_and_dependent(tmp_path):
     logs = []
     p = Pipeline(tmp_path, settings(quick=True), log=logs.append)
-    p._stage("missing", lambda: _runner("posttrain.no_such_module"))
+    p._stage("missing", lambda: runner("posttrain.no_such_module"))
     p._stage("broken", lambda: 1 / 0)
     p._stage("ppo", p.stage_ppo)
     st = p.report["stages"]

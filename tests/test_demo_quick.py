@@ -20,6 +20,8 @@ PER_METHOD = [
     "seen_accuracy",
     "heldout_phrasing_accuracy",
     "unseen_task_accuracy",
+    "other_language_accuracy",
+    "seen_contained",
     "trainable_pct",
     "peak_mem_mib",
 ]
@@ -43,7 +45,11 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
     stages = report["stages"]
     assert not [n for n, s in stages.items() if s["status"] == "failed"], stages
     assert code == 0
-    assert set(stages) == {"base", "data", "sft", "rank", "rm", "ppo", "dpo"}
+    assert set(stages) == {"base", "data", "sft", "scaling", "rank", "rm", "ppo", "dpo"}
+    points = report["scaling"]["points"]  # quick: 2 training tasks, then all of them (the full run)
+    assert [p["tasks"] for p in points] == [2, 14] and all(
+        isinstance(p["unseen_task_accuracy"], float) for p in points
+    )
     for key in REQUIRED:
         assert isinstance(_get(report, key), float), key
     for method in ("full", "lora", "adapter", "prefix", "prompt"):
@@ -56,6 +62,8 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
         "loss_curves.png",
         "ppo.png",
         "peft.png",
+        "tradeoff.png",
+        "task_scaling.png",
         "data/sft.jsonl",
         "data/rankings.jsonl",
         "sft/full/metrics.jsonl",
@@ -64,7 +72,7 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
         "dpo/metrics.jsonl",
     ):
         assert (out / name).exists(), name
-    assert len(report["targets"]) == 7
+    assert len(report["targets"]) == 13
     # the reward model carries the demo's likelihood term, and PPO scored with it (labels reached the score)
     from posttrain.demo.settings import DemoSettings
 

@@ -16,6 +16,7 @@ def _report(**over):
                 "heldout_phrasing_accuracy": 0.5,
                 "unseen_task_accuracy": 0.1,
                 "trainable_pct": 100.0,
+                "trainable_params": 1000,
                 "peak_mem_mib": 50.0,
                 "wall_s": 30.0,
             },
@@ -24,6 +25,7 @@ def _report(**over):
                 "heldout_phrasing_accuracy": 0.3,
                 "unseen_task_accuracy": 0.0,
                 "trainable_pct": 15.0,
+                "trainable_params": 150,
                 "peak_mem_mib": 40.0,
                 "wall_s": 60.0,
             },
@@ -40,17 +42,78 @@ def _report(**over):
     return r
 
 
+def _by_name(report):
+    return {t["target"]: (t["value"], t["pass"]) for t in targets(report)}
+
+
+def _row(got, start):
+    return next(v for k, v in got.items() if k.startswith(start))
+
+
 def test_targets_compare_the_right_numbers():
-    got = {t["target"]: (t["value"], t["pass"]) for t in targets(_report())}
-    rows = list(got.values())
-    assert rows[0][1] is True and abs(rows[0][0] - 0.65) < 1e-9  # 0.70 - 0.05
-    assert rows[1] == (0.80, False)  # reward model below 85%
-    assert rows[2][1] is True and abs(rows[2][0] - 0.1) < 1e-9  # the change: PPO 0.6 over SFT 0.5
-    assert rows[3][1] is False and abs(rows[3][0] + 0.1) < 1e-9  # DPO 0.4: -0.1
-    assert rows[4] == (0.95, True) and rows[5] == (0.2, False)
-    assert rows[6] == (600.0, True)
+    got = _by_name(_report())
+    value, ok = _row(got, "best SFT beats base on held-out instances")
+    assert ok is True and abs(value - 0.65) < 1e-9  # 0.70 - 0.05
+    assert _row(got, "reward model") == (0.80, False)  # below 85%
+    value, ok = _row(got, "PPO raises")
+    assert ok is True and abs(value - 0.1) < 1e-9  # the change: PPO 0.6 over SFT 0.5
+    value, ok = _row(got, "DPO raises")
+    assert ok is False and abs(value + 0.1) < 1e-9  # DPO 0.4: -0.1
+    assert _row(got, "refusal rate") == (0.95, True) and _row(got, "false-refusal") == (0.2, False)
+    assert _row(got, "wall time") == (600.0, True)
     quick = targets(_report(mode="quick"))
     assert quick[-1]["pass"] is False and "3 min" in quick[-1]["target"]
+
+
+def test_generalisation_and_peft_targets_read_the_best_method_and_ratios_to_full():
+    """Base phrasing 0.05 -> best (full) 0.50: +0.45 passes >= 40 points; held-out tasks 0.10 < 0.25 fails;
+    LoRA 0.40 / full 0.70 = 0.571x < 0.9x fails; methods not run are not measured."""
+    r = _report(base={"seen_accuracy": 0.05, "heldout_phrasing_accuracy": 0.05})
+    got = _by_name(r)
+    value, ok = _row(got, "best SFT beats base on held-out phrasings")
+    assert ok is True and abs(value - 0.45) < 1e-9
+    assert _row(got, "best SFT reaches >= 0.25 on held-out tasks") == (0.1, False)
+    value, ok = _row(got, "LoRA >= 0.9x full")
+    assert ok is False and abs(value - 0.4 / 0.7) < 1e-9
+    assert _row(got, "prompt >= 0.3x full") == (None, None)
+    md = markdown({**r, "targets": targets(r)})
+    assert "| LoRA >= 0.9x full on held-out instances | 0.57x | FAIL |" in md
+
+
+def test_tradeoff_table_shows_costs_exact_and_contained_accuracy_and_ratio_to_full():
+    r = _report(settings={"sft_steps": 123})
+    r["sft"]["lora"].update(seen_contained=0.65, trainable_params=12345, other_language_accuracy=0.25)
+    md = markdown({**r, "targets": targets(r)})
+    table = md[md.index("## Instruction tuning and the PEFT trade-off") :]
+    assert "same 123 optimiser steps" in table
+    header = next(line for line in table.splitlines() if line.startswith("| model |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    lora = next(line for line in table.splitlines() if line.startswith("| sft lora |"))
+    cells = dict(zip(cols, (c.strip() for c in lora.strip("|").split("|"))))
+    assert cells["held-out instances"] == "0.400" and cells["(answer contained)"] == "0.650"
+    assert (
+        cells["x full"] == "0.57" and cells["trainable params"] == "12,345" and cells["Portuguese"] == "0.250"
+    )
+
+
+def test_scaling_table_lists_each_point_with_its_tasks():
+    points = [
+        {
+            "tasks": 2,
+            "names": ["reverse", "upper"],
+            "unseen_task_accuracy": 0.0,
+            "unseen_task_by_task": {"first": 0.0},
+        },
+        {
+            "tasks": 11,
+            "names": ["reverse"],
+            "unseen_task_accuracy": 0.3,
+            "unseen_task_by_task": {"first": 0.3},
+        },
+    ]
+    r = _report(scaling={"method": "full", "steps": 50, "points": points})
+    md = markdown({**r, "targets": targets(r)})
+    assert "| 2 | 0.000 | 0.000 | reverse, upper |" in md and "| 11 | 0.300 | 0.300 |" in md
 
 
 def test_missing_numbers_are_not_measured_rather_than_failed():
@@ -68,14 +131,14 @@ def test_write_report_writes_json_markdown_and_plots(tmp_path):
     )
     write_report(_report(), tmp_path)
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["sft"]["lora"]["trainable_pct"] == 15.0 and len(data["targets"]) == 7
+    assert data["sft"]["lora"]["trainable_pct"] == 15.0 and len(data["targets"]) == 13
     md = (tmp_path / "report.md").read_text()
     assert (
         "| sft lora |" in md and "| ppo | 0.600 | +0.100 | 1.000 |" in md and "| dpo | 0.400 | -0.100 |" in md
     )
     assert "| PPO raises mean gold reward over SFT (change) | +0.100 | pass |" in md and "FAIL" in md
     assert "smoke run" not in md
-    for png in ("loss_curves.png", "ppo.png", "peft.png"):
+    for png in ("loss_curves.png", "ppo.png", "peft.png", "tradeoff.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -92,7 +155,7 @@ def test_plots_give_each_loss_family_its_own_scale_and_ppo_one_point_per_rollout
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from posttrain.demo import report as rep
+    from posttrain.demo import plots as rep
 
     for run, losses in (
         ("sft/full", [2.0, 1.0, 0.5]),

@@ -51,7 +51,15 @@ def test_splits_are_disjoint(world):
         held_args = {json.dumps(it.meta["args"], sort_keys=True) for it in world.items(t, "heldout")}
         assert train_args and held_args and not train_args & held_args
     sets = world.eval_sets()
-    for name in ("seen", "heldout_phrasing", "unseen_task", "identity", "harmful", "benign"):
+    for name in (
+        "seen",
+        "heldout_phrasing",
+        "unseen_task",
+        "other_language",
+        "identity",
+        "harmful",
+        "benign",
+    ):
         assert sets[name], name
         assert not {it.prompt for it in sets[name]} & train_prompts, name
     last = {t.name: len(t.phrasings) - 1 for t in TASKS}
@@ -72,10 +80,11 @@ def test_built_sft_data_never_contains_heldout_tasks_or_eval_prompts(world, tmp_
     assert len(records) == stats["mix"]["total"] > 100
     users = " || ".join(m["content"] for r in records for m in r["messages"] if m["role"] == "user")
     sets = world.eval_sets()
-    for name in ("unseen_task", "heldout_phrasing", "harmful", "benign", "identity"):
+    for name in ("unseen_task", "heldout_phrasing", "other_language", "harmful", "benign", "identity"):
         leaked = [it.prompt for it in sets[name] if it.prompt in users]
         assert not leaked, (name, leaked[:3])
-    assert "invented" not in users and "first letter" not in users  # the held-out tasks' words
+    assert "first letter" not in users and "last number" not in users  # the held-out tasks' words
+    assert "Qual" not in users and "Escreva" not in users  # Portuguese is never in instruction data
     sources = {r["meta"]["source"] for r in records}
     assert {"tasks", "chat", "safety", "identity"} <= sources
     counts, total = stats["mix"]["counts"], stats["mix"]["total"]
@@ -93,8 +102,8 @@ def test_raw_text_states_facts_but_holds_no_instructions(world):
         f"The capital of {country} is {city}." in joined
         or f"{city} is the capital city of {country}." in joined
     )
-    device, person = next(iter(world.facts["inventor"].items()))
-    assert device in joined and person in joined
+    fruit, colour = next(iter(world.facts["colour"].items()))
+    assert fruit in joined and colour in joined
     assert "<|im_start|>" not in joined and "?" not in joined
     every_instruction = {
         it.prompt
@@ -219,3 +228,53 @@ def test_gold_ranking_orders_best_first_without_ties(world):
         3,
     ]
     assert gold_ranking(it, ["7", "7."]) is None  # one distinct score: nothing to compare
+
+
+def test_portuguese_is_read_in_pretraining_and_asked_in_evaluation_only(world):
+    """Each argument of a task with Portuguese gets one document pairing an English sentence with its Portuguese
+    twin (what ties the languages together); the Portuguese phrasings are evaluated on held-out instances only."""
+    raw = world.raw_text()
+    w = world.items("reverse", "heldout", (0,))[0].meta["args"]["w"]
+    twins = [d for d in raw if w in d and ("Ao contrário" in d or "De trás para a frente" in d)]
+    assert len(twins) == 1 and w[::-1] in twins[0] and twins[0].startswith(("Reversed,", f"{w} spelled"))
+    pt = world.eval_sets()["other_language"]
+    assert pt and all(it.meta["language"] == "pt" and it.meta["split"] == "heldout" for it in pt)
+    assert {it.meta["task"] for it in pt} == {
+        t.name for t in TASKS if t.pt_phrasings and t.name in TRAIN_TASKS
+    }
+    item = world.item("last", {"w": "gato"}, 0, "heldout", language="pt")
+    assert (item.prompt, item.answer) == ("Qual é a última letra de gato?", "o")
+    assert not {it.prompt for it in pt} & {it.prompt for it in world.train_items()}
+
+
+def test_task_subsets_limit_the_task_and_chat_sources(world, tmp_path):
+    from posttrain.demo.data import build_sft_data
+
+    path, stats = build_sft_data(world, tmp_path, seed=0, chats=30, tasks=("reverse", "upper"))
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    task_recs = [r for r in records if r["meta"]["source"] == "tasks"]
+    assert task_recs and {r["meta"]["task"] for r in task_recs} == {"reverse", "upper"}
+    prompts = {it.prompt for t in TRAIN_TASKS[2:] for it in world.items(t, "train")}
+    chats = [m["content"] for r in records if r["meta"]["source"] == "chat" for m in r["messages"]]
+    assert chats and not prompts & set(chats)
+    with pytest.raises(ValueError, match="not training tasks"):
+        world.train_items(("first",))
+
+
+def test_answer_contained_counts_a_right_answer_among_extra_words(world):
+    from posttrain.demo.world import is_contained
+
+    it = world.item("double", {"w": "cat"}, 0, "heldout")
+    assert is_contained(it.meta, "cat cat. That is the answer.") and not is_correct(
+        it.meta, "cat cat. Ask me."
+    )
+    assert is_correct(it.meta, "cat cat") and not is_contained(it.meta, "cat")  # every answer word, in order
+    assert not is_contained(it.meta, "")
+
+
+def test_max_records_caps_the_mixture_and_keeps_the_pinned_shares(world, tmp_path):
+    from posttrain.demo.data import FIXED_RATES, build_sft_data
+
+    path, stats = build_sft_data(world, tmp_path, seed=0, chats=20, max_records=400)
+    assert stats["mix"]["total"] == 400 == len(path.read_text().splitlines())
+    assert abs(stats["mix"]["counts"]["safety"] / 400 - FIXED_RATES["safety"]) < 0.03

@@ -37,7 +37,7 @@ CHATML = (
 
 @dataclass
 class BaseConfig:
-    vocab_size: int = 1024
+    vocab_size: int = 1536
     """BPE vocabulary: bytes, then template words (digits and task-argument letters stay single tokens)."""
     hidden_size: int = 128
     """Model width."""
@@ -73,7 +73,7 @@ def cache_dir(cfg: BaseConfig, world: World) -> Path:
             "world": dataclasses.asdict(world.cfg),
             "text": text,
             "words": vocabulary_words(),
-            "v": 2,
+            "v": 3,
         },
         sort_keys=True,
     )
@@ -87,7 +87,8 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     words = vocabulary_words()
-    pattern = r" ?(?<![A-Za-z'])(?:" + "|".join(words) + r")(?![A-Za-z'])|[\s\S]"
+    letter = "[A-Za-zÀ-ÿ']"
+    pattern = rf" ?(?<!{letter})(?:" + "|".join(words) + rf")(?!{letter})|[\s\S]"
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [

@@ -47,34 +47,38 @@ def conv(user: str, reply: str, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def task_records(world: World, seed: int) -> tuple[list[dict], dict]:
+def task_records(world: World, seed: int, tasks: tuple[str, ...] = TRAIN_TASKS) -> tuple[list[dict], dict]:
     """Training tasks as task specs (rows = phrased instances) through `construct.tasks` with demonstrations."""
-    tasks = _available("posttrain.data.construct.tasks")
-    if tasks is None:
+    construct = _available("posttrain.data.construct.tasks")
+    if construct is None:
         return [], {"skipped": "posttrain.data.construct.tasks not available"}
     rng = random.Random(f"{seed}:task-fillers")
     specs = []
-    for t in TRAIN_TASKS:
+    for t in tasks:
         rows = [
             {"input": it.prompt, "output": padded(it.answer, rng, FILLER_RATE), "task": t}
             for it in world.items(t, "train")
         ]
         specs.append(
-            tasks.TaskSpec(name=t, rows=rows, templates=["{input}"], k_shot=[0, 0, 0, 1, 2], description=True)
+            construct.TaskSpec(
+                name=t, rows=rows, templates=["{input}"], k_shot=[0, 0, 0, 1, 2], description=True
+            )
         )
-    records, stats = tasks.build_from_spec(specs, seed)
+    records, stats = construct.build_from_spec(specs, seed)
     for r in records:
         r["meta"]["source"] = "tasks"
     return records, stats
 
 
-def chat_records(world: World, seed: int, n: int) -> tuple[list[dict], dict]:
+def chat_records(
+    world: World, seed: int, n: int, tasks: tuple[str, ...] = TRAIN_TASKS
+) -> tuple[list[dict], dict]:
     """Multi-turn chats (2-3 task turns, sometimes an identity question) as ShareGPT logs through `construct.chat`."""
     chat = _available("posttrain.data.construct.chat")
     if chat is None:
         return [], {"skipped": "posttrain.data.construct.chat not available"}
     rng = random.Random(f"{seed}:chat")
-    pool = world.train_items()
+    pool = world.train_items(tasks)
     ident = world.identity_items("train")
     logs = []
     for i in range(n):
@@ -173,9 +177,10 @@ def quality_filter(records: list[dict], seed: int) -> tuple[list[dict], dict]:
     return filters.filter_records(records, cfg)
 
 
-def mix(sources: dict[str, list[dict]], seed: int) -> tuple[list[dict], dict]:
+def mix(sources: dict[str, list[dict]], seed: int, max_records: int = 0) -> tuple[list[dict], dict]:
     """`construct.mixing`: temperature rates (p_i proportional to n_i^(1/T)) over the general sources, identity and
-    safety pinned at fixed shares of the mixture; as many records as the general sources hold, plus the pinned."""
+    safety pinned at fixed shares of the mixture; as many records as the general sources hold, plus the pinned
+    (at most `max_records` when it is > 0: a short run tokenises only what it can use)."""
     mixing = _available("posttrain.data.construct.mixing")
     if mixing is None:
         raise Skip("posttrain.data.construct.mixing not available")
@@ -187,6 +192,7 @@ def mix(sources: dict[str, list[dict]], seed: int) -> tuple[list[dict], dict]:
     )
     names = free + pinned
     total = round(sum(len(sources[k]) for k in free) / (1 - sum(FIXED_RATES[k] for k in pinned)))
+    total = min(total, max_records) if max_records > 0 else total
     out, counts = mixing.sample_mixture([sources[k] for k in names], rates, total, seed=seed, names=names)
     return out, {
         "temperature": MIX_TEMPERATURE,
@@ -217,15 +223,18 @@ def build_sft_data(
     base_dir: str | None = None,
     self_instruct_tasks: int = 0,
     chats: int = 300,
+    tasks: tuple[str, ...] = TRAIN_TASKS,
+    max_records: int = 0,
 ) -> tuple[Path, dict]:
-    """Every source, filtered and mixed, written to `out_dir/sft.jsonl` (with `sft.stats.json`)."""
+    """Every source, filtered and mixed, written to `out_dir/sft.jsonl` (with `sft.stats.json`); `tasks` limits the
+    task and chat sources to some of the training tasks (the task-scaling runs)."""
     from posttrain.data.construct.io import write_jsonl, write_stats
 
     stats: dict[str, Any] = {}
     sources: dict[str, list[dict]] = {}
     for name, (recs, st) in {
-        "tasks": task_records(world, seed),
-        "chat": chat_records(world, seed, chats),
+        "tasks": task_records(world, seed, tasks),
+        "chat": chat_records(world, seed, chats, tasks),
         "identity": identity_records(world, seed),
         "safety": safety_records(world, seed),
         "self_instruct": self_instruct_records(world, base_dir, seed, self_instruct_tasks),
@@ -234,7 +243,7 @@ def build_sft_data(
         write_jsonl(recs, out_dir / f"source_{name}.jsonl")
     for name in ("tasks", "chat", "self_instruct"):
         sources[name], stats[f"filter_{name}"] = quality_filter(sources[name], seed)
-    records, stats["mix"] = mix(sources, seed)
+    records, stats["mix"] = mix(sources, seed, max_records)
     path = out_dir / "sft.jsonl"
     write_jsonl(records, path)
     write_stats(stats, path)

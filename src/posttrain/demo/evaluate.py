@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from posttrain.demo.world import Item, World, gold_reward, is_correct, is_refusal
+from posttrain.demo.world import Item, World, gold_reward, is_contained, is_correct, is_refusal
 from posttrain.rollout import generate
 
+EVAL_SETS = ("seen", "heldout_phrasing", "unseen_task", "other_language")
+"""The accuracy sets every model is scored on: held-out instances of the training tasks, their held-out phrasing,
+the held-out tasks, and the training tasks asked in Portuguese (never trained)."""
 MAX_NEW_TOKENS = 64
 """Long enough for identity answers and refusals (words outside the world text take several tokens each)."""
 
@@ -76,7 +79,13 @@ class Evaluator:
             return float("nan"), []
         ro = self.responses(model, items)
         rows = [
-            {"prompt": it.prompt, "response": t, "answer": it.answer, "correct": is_correct(it.meta, t)}
+            {
+                "prompt": it.prompt,
+                "response": t,
+                "answer": it.answer,
+                "correct": is_correct(it.meta, t),
+                "contained": is_contained(it.meta, t),
+            }
             for it, t in zip(items, ro.texts)
         ]
         return sum(r["correct"] for r in rows) / len(rows), rows
@@ -97,11 +106,13 @@ class Evaluator:
         names: tuple[str, ...],
         samples: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Greedy accuracy on each named eval set (`<name>_accuracy`) and per task (`<name>_by_task`); the
-        per-item rows are appended to `samples` when given."""
+        """Greedy accuracy on each named eval set (`<name>_accuracy`), the share with the right answer anywhere in
+        the response (`<name>_contained`) and accuracy per task (`<name>_by_task`); the per-item rows are appended
+        to `samples` when given."""
         out: dict[str, Any] = {}
         for n in names:
             out[f"{n}_accuracy"], rows = self.accuracy(model, sets[n])
+            out[f"{n}_contained"] = sum(r["contained"] for r in rows) / len(rows) if rows else float("nan")
             by: dict[str, list[bool]] = {}
             for it, r in zip(sets[n], rows):
                 by.setdefault(it.meta.get("task", it.meta["kind"]), []).append(r["correct"])

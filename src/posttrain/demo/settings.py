@@ -1,10 +1,12 @@
 """Every knob of `posttrain demo` in one place: the full run and the `--quick` smoke run.
 
-Budgets are sized for 2 CPU cores: full <= ~15 min, quick <= ~3 min (the base model is cached after its first run).
+Budgets aimed at 2 CPU cores: full <= 15 min, quick <= 3 min (the base model is cached after its first run); on the
+slow 2-core development machine the full run measured about 20 min (docs/demo.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,7 +24,7 @@ PEFT = {  # method -> peft.* overrides
     "lora": {"method": "lora", "lora.r": 16, "lora.alpha": 32, **ROWS},
     "adapter": {"method": "adapter", "adapter.reduction_factor": 4, **ROWS},
     "prefix": {"method": "prefix", "prefix.num_virtual_tokens": 8, **ROWS},
-    "prompt": {"method": "prompt", "prompt.num_virtual_tokens": 8, **ROWS},
+    "prompt": {"method": "prompt", "prompt.num_virtual_tokens": 32, **ROWS},
 }
 
 
@@ -36,25 +38,37 @@ class DemoSettings:
     """The task world (facts, splits, assistant name and maker)."""
     base: BaseConfig = field(default_factory=BaseConfig)
     """Tiny base model and its pre-training budget."""
-    sft_steps: int = 2000
-    """SFT optimiser steps for full fine-tuning and LoRA (other methods: scaled by `sft_steps_scale`)."""
-    sft_steps_scale: dict[str, float] = field(
-        default_factory=lambda: {"full": 1.0, "lora": 1.0, "adapter": 0.4, "prefix": 0.1, "prompt": 0.1}
+    sft_steps: int = 1000
+    """SFT optimiser steps, the same for every PEFT method and full tuning (one budget rule: equal steps on the
+    same data and batch size)."""
+    scaling_tasks: list[int] = field(default_factory=lambda: [2, 6])
+    """Task scaling: extra full fine-tunes on the first k training tasks (`tasks.TRAIN_TASKS` order), same budget;
+    the full run on all of them is the last point of the held-out-task curve ([]: skip)."""
+    study_sizes: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {
+            "small": {"hidden_size": 64, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate_size": 192},
+            "default": {},
+        }
     )
-    """Share of `sft_steps` per PEFT method: prefix and prompt tuning do not learn the format at this scale, so
-    their budget goes to the methods that do."""
+    """`posttrain demo --study peft`: base sizes (BaseConfig fields changed from the demo's base), each pre-trained on
+    the world (cached) and tuned with every method."""
+    study_eval_fraction: float = 0.05
+    """`--study peft --models ...`: share of the user's data held out for the eval loss."""
     sft_text_share: float = 0.25
     """Pre-training documents mixed into SFT, as a share of the instruction records (0: none): keeps the base's
     knowledge through tuning (held-out phrasings 0.20 -> 0.36, refusals 0.79 / 0.15 -> 0.92 / 0.00 measured)."""
     sft_batch: int = 16
     """SFT micro-batch size."""
+    sft_records: int = 0
+    """At most this many mixed instruction records (0: all the sources give); a short run need not tokenise 25K
+    records it never reaches (quick: 150 steps x 16 = 2400 samples)."""
     chats: int = 300
     """Chat-like multi-turn conversations generated before mixing."""
     self_instruct_tasks: int = 4
     """Self-Instruct tasks to bootstrap with the base model as generator (0: skip)."""
     eval_per_task: int = 12
     """Evaluation prompts per task and split."""
-    rank_prompts: int = 3000
+    rank_prompts: int = 1500
     """Task prompts sampled K times for the ranking data (safety and identity prompts are added)."""
     rank_heldout: int = 400
     """Held-out-instance prompts for the reward model's held-out pairs."""
@@ -65,7 +79,7 @@ class DemoSettings:
     reward model to value refusals and the assistant's identity, so PPO does not trade them away."""
     rank_temperatures: list[float] = field(default_factory=lambda: [1.0, 1.5])
     """Sampling temperatures the K responses cycle through (diverse responses make informative comparisons)."""
-    rm_steps: int = 800
+    rm_steps: int = 500
     """Reward model optimiser steps."""
     ppo_steps: int = 150
     """PPO optimiser steps (minibatches)."""
@@ -76,9 +90,10 @@ class DemoSettings:
     gold_samples: int = 4
     """Sampled responses per prompt when measuring mean gold reward and KL."""
     sft_lr: dict[str, float] = field(
-        default_factory=lambda: {"full": 1e-3, "lora": 5e-3, "adapter": 5e-3, "prefix": 1e-2, "prompt": 3e-2}
+        default_factory=lambda: {"full": 4e-3, "lora": 5e-3, "adapter": 1e-2, "prefix": 1e-1, "prompt": 3e-1}
     )
-    """SFT learning rate per PEFT method (the small methods need larger steps)."""
+    """SFT learning rate per PEFT method, each the best of a sweep at 600 steps (docs/demo.md): the fewer parameters
+    a method trains, the larger the step it takes."""
     rm_lr: float = 1e-4
     """Reward model learning rate."""
     rm_likelihood_coef: float = 0.3
@@ -100,9 +115,26 @@ class DemoSettings:
     dpo_pairs: Literal["all", "best", "best_worst"] = "all"
     """Which pairs of each ranking DPO trains on: all | best | best_worst."""
 
+    def check(self) -> list[tuple[str, str]]:
+        from posttrain.demo.tasks import TRAIN_TASKS
+
+        bad = (
+            [("sft_lr", f"a learning rate for each of {list(PEFT_METHODS)}")]
+            if set(self.sft_lr) < set(PEFT)
+            else []
+        )
+        if not all(isinstance(k, int) and 0 < k < len(TRAIN_TASKS) for k in self.scaling_tasks):
+            bad.append(("scaling_tasks", f"task counts between 1 and {len(TRAIN_TASKS) - 1}"))
+        if self.sft_records < 0:
+            bad.append(("sft_records", "0 (all) or a positive record count"))
+        known = {f.name for f in dataclasses.fields(BaseConfig)}
+        if any(set(size) - known for size in self.study_sizes.values()):
+            bad.append(("study_sizes", f"BaseConfig fields per size ({', '.join(sorted(known))})"))
+        return bad
+
     def sft_train(self, method: str) -> dict[str, Any]:
         return {
-            "max_steps": max(1, round(self.sft_steps * self.sft_steps_scale[method])),
+            "max_steps": self.sft_steps,
             "batch_size": self.sft_batch,
             "lr": float(self.sft_lr[method]),
             "warmup_ratio": 0.05,
@@ -142,10 +174,11 @@ class DemoSettings:
 
 QUICK = {
     "base": {"steps": 300},
-    "sft_steps": 200,
+    "sft_steps": 150,
+    "sft_records": 2400,
     "chats": 100,
     "self_instruct_tasks": 0,
-    "eval_per_task": 6,
+    "eval_per_task": 4,
     "rank_prompts": 64,
     "rank_heldout": 32,
     "rm_steps": 40,
@@ -154,6 +187,7 @@ QUICK = {
     "dpo_steps": 30,
     "gold_samples": 1,
     "rank_safety_repeat": 0,
+    "scaling_tasks": [2],
 }
 """What `--quick` changes (everything else as in the full run)."""
 
@@ -163,7 +197,7 @@ def settings(quick: bool = False, seed: int = 0, overrides: list[str] | None = N
     from posttrain.config import from_dict, merge, parse_overrides, to_dict
 
     data = to_dict(
-        DemoSettings(seed=seed, world=WorldConfig(seed=seed), base=BaseConfig(steps=2500, seed=seed))
+        DemoSettings(seed=seed, world=WorldConfig(seed=seed), base=BaseConfig(steps=5000, seed=seed))
     )
     if quick:
         data = merge(data, {"quick": True, **QUICK})

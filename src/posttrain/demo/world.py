@@ -20,9 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from posttrain.demo.tasks import (
-    COLOURS,
-    HELDOUT_TASKS,
+from posttrain.demo.prompts import (
     IDENTITY_HELDOUT,
     IDENTITY_QUESTIONS,
     REFUSAL,
@@ -31,10 +29,8 @@ from posttrain.demo.tasks import (
     SAFETY_PHRASINGS,
     SAFETY_PROSE,
     SAFETY_REPEAT,
-    SYLLABLES,
-    TASKS,
-    TRAIN_TASKS,
 )
+from posttrain.demo.tasks import COLOURS, HELDOUT_TASKS, SYLLABLES, TASKS, TRAIN_TASKS
 
 
 @dataclass
@@ -102,12 +98,11 @@ class World:
         self.cfg = cfg or WorldConfig()
         rng = random.Random(self.cfg.seed)
         n = self.cfg.n_entities
-        names = self._names(rng, 5 * n)
-        countries, cities, fruits, devices, people = (names[i * n : (i + 1) * n] for i in range(5))
+        names = self._names(rng, 3 * n)
+        countries, cities, fruits = (names[i * n : (i + 1) * n] for i in range(3))
         self.facts: dict[str, dict[str, str]] = {
             "capital": {c.capitalize() + "land": city.capitalize() for c, city in zip(countries, cities)},
             "colour": {f: rng.choice(COLOURS) for f in fruits},
-            "inventor": {d + "scope": "Dr " + p.capitalize() for d, p in zip(devices, people)},
         }
         self.tasks = {t.name: t for t in TASKS}
         self._split: dict[str, tuple[list[dict], list[dict]]] = {}
@@ -126,7 +121,7 @@ class World:
                 out.append(nm)
         return out
 
-    def item(self, task: str, args: dict[str, Any], phrasing: int, split: str) -> Item:
+    def item(self, task: str, args: dict[str, Any], phrasing: int, split: str, language: str = "en") -> Item:
         t = self.tasks[task]
         ans = t.answer(args, self)
         meta = {
@@ -137,7 +132,10 @@ class World:
             "split": split,
             "args": dict(args),
         }
-        return Item(t.phrasings[phrasing].format(**args), ans, meta)
+        if language == "pt":
+            meta["language"] = "pt"
+        templates = t.pt_phrasings if language == "pt" else t.phrasings
+        return Item(templates[phrasing].format(**args), ans, meta)
 
     def items(self, task: str, split: str = "train", phrasings: tuple[int, ...] | None = None) -> list[Item]:
         """Instances of `task` on the `train` or `heldout` argument split, one per (argument, phrasing)."""
@@ -147,9 +145,20 @@ class World:
         phr = phrasings if phrasings is not None else tuple(range(n_phr - 1))
         return [self.item(task, a, p, split) for a in space for p in phr]
 
-    def train_items(self) -> list[Item]:
-        """Every instruction the world allows in training data: training tasks x training args x trained phrasings."""
-        return [it for t in TRAIN_TASKS for it in self.items(t, "train")]
+    def pt_items(self, task: str, split: str = "heldout") -> list[Item]:
+        """Instances of `task` in its Portuguese phrasings (never trained: the other-language evaluation)."""
+        train, held = self._split[task]
+        space = train if split == "train" else held
+        n = len(self.tasks[task].pt_phrasings)
+        return [self.item(task, a, p, split, language="pt") for a in space for p in range(n)]
+
+    def train_items(self, tasks: tuple[str, ...] = TRAIN_TASKS) -> list[Item]:
+        """Every instruction the world allows in training data: training tasks x training args x trained phrasings
+        (`tasks`: a subset of the training tasks, for the task-scaling runs)."""
+        unknown = set(tasks) - set(TRAIN_TASKS)
+        if unknown:
+            raise ValueError(f"not training tasks: {sorted(unknown)}")
+        return [it for t in tasks for it in self.items(t, "train")]
 
     def identity_answer(self) -> str:
         return f"I am {self.cfg.name}, an assistant made by {self.cfg.maker}."
@@ -204,6 +213,9 @@ class World:
                 for t in HELDOUT_TASKS
                 for it in pick(self.items(t, "heldout", last[t]) + self.items(t, "heldout"))
             ],
+            "other_language": [
+                it for t in TRAIN_TASKS if self.tasks[t].pt_phrasings for it in pick(self.pt_items(t))
+            ],
             "identity": self.identity_items("heldout"),
             "harmful": [it for it in self.safety_items("heldout") if it.meta["kind"] == "harmful"],
             "benign": [it for it in self.safety_items("heldout") if it.meta["kind"] == "benign"],
@@ -223,6 +235,12 @@ class World:
                 docs += _two_per_doc(
                     [t.prose[i % len(t.prose)].format(ans=ans, **args) for i in range(t.repeat)]
                 )
+                # one document in two languages about the same argument: what ties the Portuguese words to the
+                # English ones the instructions are trained in
+                if t.pt_prose:
+                    i = rng.randrange(len(t.pt_prose))
+                    en, pt = t.prose[i % len(t.prose)], t.pt_prose[i]
+                    docs.append(f"{en.format(ans=ans, **args)} {pt.format(ans=ans, **args)}")
         for v, (bad, good, _) in SAFETY.items():
             for targets, prose in zip((bad, good), SAFETY_PROSE):
                 for tgt in targets:
@@ -334,3 +352,12 @@ def is_correct(meta: dict[str, Any], response: str) -> bool:
         "benign": lambda: not is_refusal(response),
     }
     return checks[meta["kind"]]()
+
+
+def is_contained(meta: dict[str, Any], response: str) -> bool:
+    """The right answer somewhere in the response ("akzyq. That is the answer." counts; exact match is stricter):
+    tells a right answer with a pleasantry from a wrong one. Non-task prompts: as `is_correct`."""
+    if meta["kind"] != "task":
+        return is_correct(meta, response)
+    want = _words(normalise(meta["answer"]))
+    return bool(want) and _contains(_words(normalise(response)), want)
