@@ -1,4 +1,4 @@
-"""Bad input to the training commands (sft, rm, dpo, ppo): each case is one clear line on stderr naming the file,
+"""Bad input to the training commands (sft, rm, dpo, ppo, grpo, rloo): each case is one clear line on stderr naming the file,
 line and field where there is one, exit 2 (usage) or 1 (run), no traceback, and nothing written: a finished run
 given as output_dir is byte-identical afterwards, a fresh output_dir is not created.
 
@@ -95,6 +95,9 @@ CASES = [
     ("dpo-beta-zero", "dpo", ["dpo.beta=0"], "finished", 2, ["dpo.beta", "> 0"]),
     ("ppo-sizes", "ppo", [*PPO, "ppo.samples_per_prompt=3"], "finished", 2, ["ppo.rollout_batch_size", "samples_per_prompt"]),
     ("ppo-top-p", "ppo", [*PPO, "ppo.top_p=0"], "finished", 2, ["ppo.top_p"]),
+    ("grpo-one-sample", "grpo", [*PPO, "ppo.samples_per_prompt=1"], "finished", 2, ["ppo.samples_per_prompt", "at least 2"]),
+    ("grpo-bad-regex", "grpo", [*PPO[1:], "ppo.reward=regex:("], "fresh", 2, ["ppo.reward", "bad pattern"]),
+    ("rloo-separate-critic", "rloo", [*PPO, "ppo.value_head=separate"], "finished", 2, ["ppo.value_head"]),
     ("model-empty", "sft", ["model="], "fresh", 2, ["model"]),
     ("model-missing", "sft", ["model={d}/no_model"], "fresh", 1, ["{d}/no_model"]),
     ("model-not-a-model", "rm", ["model={d}"], "fresh", 1, ["{d}"]),
@@ -138,7 +141,7 @@ def test_bad_training_input_is_one_clear_line(world, tmp_path, capsys, case):
 
 
 def test_the_matrix_is_wide_enough():
-    assert len(CASES) >= 30 and len({c[1] for c in CASES}) == 4
+    assert len(CASES) >= 30 and {c[1] for c in CASES} == {"sft", "rm", "dpo", "ppo", "grpo", "rloo"}
 
 
 def test_the_console_entry_prints_no_traceback(world, tmp_path):

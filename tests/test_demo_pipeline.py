@@ -34,6 +34,12 @@ def test_settings_overrides_and_quick_preset():
     assert "peft.method=none" in quick.peft_overrides("full")
 
 
+@pytest.mark.parametrize("bad", ["gen_batch=0", "sft_records=-1", "scaling_tasks=[0]"])
+def test_bad_settings_name_their_key(bad):
+    with pytest.raises(ValueError, match=bad.split("=")[0]):
+        settings(overrides=[bad])
+
+
 def test_output_directory_with_a_comma_is_refused(tmp_path):
     with pytest.raises(ValueError, match="comma"):
         Pipeline(tmp_path / "a,b", settings(quick=True))

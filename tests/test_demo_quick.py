@@ -46,8 +46,10 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
     assert not [n for n, s in stages.items() if s["status"] == "failed"], stages
     assert code == 0
     assert set(stages) == {"base", "data", "sft", "scaling", "rank", "rm", "ppo", "dpo"}
-    points = report["scaling"]["points"]  # quick: 2 training tasks, then all of them (the full run)
-    assert [p["tasks"] for p in points] == [2, 14] and all(
+    points = report["scaling"][
+        "points"
+    ]  # quick: the base (0 tasks), 2 training tasks, then all of them (sft full)
+    assert [p["tasks"] for p in points] == [0, 2, 14] and all(
         isinstance(p["unseen_task_accuracy"], float) for p in points
     )
     for key in REQUIRED:

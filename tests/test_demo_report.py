@@ -98,6 +98,7 @@ def test_tradeoff_table_shows_costs_exact_and_contained_accuracy_and_ratio_to_fu
 
 def test_scaling_table_lists_each_point_with_its_tasks():
     points = [
+        {"tasks": 0, "names": [], "unseen_task_accuracy": 0.0, "unseen_task_by_task": {"first": 0.0}},
         {
             "tasks": 2,
             "names": ["reverse", "upper"],
@@ -114,6 +115,7 @@ def test_scaling_table_lists_each_point_with_its_tasks():
     r = _report(scaling={"method": "full", "steps": 50, "points": points})
     md = markdown({**r, "targets": targets(r)})
     assert "| 2 | 0.000 | 0.000 | reverse, upper |" in md and "| 11 | 0.300 | 0.300 |" in md
+    assert "| 0 (base) | 0.000 | 0.000 |  |" in md
 
 
 def test_missing_numbers_are_not_measured_rather_than_failed():

@@ -104,6 +104,40 @@ def test_no_weight_decay_on_biases_and_norms():
     assert len(no_decay["params"]) > 0
 
 
+def test_lr_scale_gives_matching_parameters_their_own_rate():
+    """Adam's first step moves every weight by about lr (m / sqrt(v) = sign(g)), so with factor 0.1 on the token
+    embedding its step is 0.1 x the others'; the schedule scales both groups alike."""
+    model = tiny_model("gpt2")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    c = cfg(lr=1e-2, lr_scale={"*wte*": 0.1}, warmup_steps=2)
+    opt = build_optimizer(model, c)
+    sched = build_scheduler(opt, c, 4)
+    scaled = [g for g in opt.param_groups if any(p is model.transformer.wte.weight for p in g["params"])]
+    assert len(scaled) == 1 and len(scaled[0]["params"]) == 1 and scaled[0]["lr"] == pytest.approx(5e-4)
+    x = torch.randint(4, 500, (2, 8))
+    model.train()
+    model(x, labels=x).loss.backward()
+    opt.step()
+    moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
+    rows = x.unique()  # only looked-up rows have a gradient
+    assert moved["transformer.wte.weight"][rows].max() == pytest.approx(5e-4, rel=1e-3)
+    assert moved["transformer.h.0.attn.c_attn.weight"].max() == pytest.approx(5e-3, rel=1e-3)
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups if g["params"]][-1] == pytest.approx(1e-3)  # 0.1 x 1e-2 x 1.0
+
+
+def test_lr_scale_glob_that_matches_nothing_is_refused():
+    with pytest.raises(ValueError, match="lr_scale.*'\\*lora_B\\*' matches no trainable parameter"):
+        build_optimizer(tiny_model("llama"), cfg(lr_scale={"*lora_B*": 2.0}))
+
+
+def test_lr_scale_factors_are_checked_when_the_config_loads():
+    from posttrain.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="lr_scale"):
+        from_dict(TrainConfig, {"lr_scale": {"*lora_B*": -1}})
+
+
 def step_grads(batch_size, accum):
     model = tiny_model("llama")
     samples = random_samples(8)
@@ -225,10 +259,14 @@ def dropout_model(method="none"):
     return model
 
 
-@pytest.mark.parametrize("method", ["none", "lora"])
+@pytest.mark.parametrize("method", ["none", "lora", "lora_plus"])
 def test_exact_resume_with_dropout(tmp_path, method):
-    """Interrupted at step 5 after a checkpoint at 4, then resumed: same losses and params as one straight run."""
-    c = cfg(max_steps=8, save_every=2, keep_last=1)
+    """Interrupted at step 5 after a checkpoint at 4, then resumed: same losses and params as one straight run
+    (lora_plus: LoRA with its B matrices at 4x the learning rate, `train.lr_scale`)."""
+    c = cfg(
+        max_steps=8, save_every=2, keep_last=1, lr_scale={"*lora_B*": 4.0} if method == "lora_plus" else {}
+    )
+    method = "lora" if method == "lora_plus" else method
     # tiny_model seeds torch itself; the RNG state after it is the run's start
     straight = dropout_model(method)
     fit(straight, SFTObjective(), ListSource(random_samples(24), 4, 1), c, tmp_path / "a")

@@ -168,6 +168,38 @@ def test_prompt_init_from_text_repeats_token_embeddings():
         apply_peft(tiny_model("llama"), cfg)
 
 
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "falcon", "opt"])
+def test_init_text_starts_as_the_base_reading_that_text(arch, method):
+    """With init_text (n = its token count), the step-0 model's logits on x are the plain model's logits on
+    cat(text, x), sliced to x: prefix tuning stores the text's keys/values (Li & Liang's real-word init), prompt
+    tuning its embeddings."""
+    tok = tiny_tokenizer()
+    text = "Answer with the answer only"
+    text_ids = tok(text, add_special_tokens=False)["input_ids"]
+    n = len(text_ids)
+    cfg = PeftConfig(
+        method=method,
+        prefix=PrefixConfig(num_virtual_tokens=n, init_text=text),
+        prompt=PromptConfig(num_virtual_tokens=n, init_text=text),
+    )
+    model = apply_peft(tiny_model(arch), cfg, tokenizer=tok)
+    model.eval()
+    x = ids((1, 8))
+    with torch.no_grad():
+        got = model(x).logits
+        with disable_adapters(model):
+            want = model(torch.cat([torch.tensor([text_ids]), x], dim=1)).logits[:, n:]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_init_text_refused_with_projection():
+    from posttrain.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="init_text"):
+        from_dict(PeftConfig, {"method": "prefix", "prefix": {"projection": True, "init_text": "hi"}})
+
+
 def test_packed_positions_are_refused():
     model, _ = virtual("llama", "prefix")
     with pytest.raises(ValueError, match="packed"):

@@ -408,7 +408,7 @@ def test_reward_from_a_reward_model_directory(tmp_path):
     got = score(rows, ["Hi there", "abc"], [[60, 61], [70]])
     want = rm.score_texts(tok, [[{"role": "user", "content": "Hello"}]], ["Hi there"])
     assert got[0] == pytest.approx(want[0], abs=1e-5) and len(got) == 2
-    with pytest.raises(ConfigError, match="neither a directory nor module:function"):
+    with pytest.raises(ConfigError, match="neither a directory, module:function nor a built-in checker"):
         load_reward("no_such_thing", tok)
 
 

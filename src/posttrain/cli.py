@@ -11,6 +11,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("posttrain.run.sft:main", "supervised fine-tuning (instruction tuning) on conversations"),
     "rm": ("posttrain.run.rm:main", "train a reward model from preference pairs or rankings"),
     "ppo": ("posttrain.run.ppo:main", "RLHF step 3: PPO against a reward model, KL-held near the SFT model"),
+    "grpo": (
+        "posttrain.run.ppo:main_grpo",
+        "critic-free RL: group-normalised rewards (GRPO), KL in the loss",
+    ),
+    "rloo": ("posttrain.run.ppo:main_rloo", "critic-free RL: leave-one-out baseline over k samples (RLOO)"),
     "dpo": ("posttrain.run.dpo:main", "direct preference optimisation (dpo | ipo | simpo)"),
     "data": ("posttrain.data.cli:main", "build, convert, mix and inspect instruction and preference data"),
     "eval": (

@@ -43,6 +43,9 @@ class TrainConfig:
     """Micro-batches per optimiser step. Loss is normalised over the whole step, so batch x accum is what counts."""
     lr: float = 1e-4
     """Peak learning rate (AdamW)."""
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    """Learning-rate factors by parameter name, {glob: factor}, first match wins (unmatched: 1). E.g. trainable token
+    rows slower than a prefix, {"*trainable_tokens*": 0.05}, or LoRA+ (B faster than A), {"*lora_B*": 16}."""
     weight_decay: float = 0.0
     """AdamW weight decay (not applied to biases and norms)."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -105,6 +108,10 @@ class TrainConfig:
 
     def check(self) -> list[tuple[str, str]]:
         bad = [("max_steps", "-1 or >= 1")] if self.max_steps == 0 or self.max_steps < -1 else []
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in self.lr_scale.values()
+        ):
+            bad.append(("lr_scale", "a mapping of parameter-name globs to positive factors"))
         return bad + [("betas", "two numbers in [0, 1)") for b in self.betas if not FRACTION.ok(b)][:1]
 
 
@@ -234,13 +241,21 @@ def _choice(value: Any, choices: tuple, key: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a nested dict; unknown keys raise ConfigError with a suggestion."""
     hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in data.items():
         if key not in names:
             near = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        factory = fields[key].default_factory
+        if (
+            isinstance(value, dict)
+            and dataclasses.is_dataclass(hints[key])
+            and factory is not dataclasses.MISSING
+        ):
+            value = merge(to_dict(factory()), value)  # keys not given keep the field's own default (a preset)
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     obj = cls(**kwargs)
     check_values(obj, prefix)

@@ -36,6 +36,7 @@ import functools
 import json
 import re
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
@@ -245,7 +246,24 @@ def _needs_bos(tokenizer: Any, text: str) -> bool:
     bos = tokenizer.bos_token_id
     if bos is None or text.startswith(tuple(t for t in (*BOS_TEXTS, tokenizer.bos_token) if t)):
         return False
-    return tokenizer("a")["input_ids"][:1] == [bos]
+    return _adds_bos(tokenizer, bos)
+
+
+_ADDS_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _adds_bos(tokenizer: Any, bos: int) -> bool:
+    """Whether the tokenizer puts `bos` in front on its own: asked once per tokenizer (and BOS id), not once per
+    conversation (a quarter of all tokenizer calls when a 25K-record set is tokenised)."""
+    try:
+        known = _ADDS_BOS.get(tokenizer)
+    except TypeError:  # not weak-referenceable or hashable: ask every time
+        return tokenizer("a")["input_ids"][:1] == [bos]
+    state = (bos, getattr(tokenizer, "add_bos_token", None))  # asked again if either changes
+    if known is None or known[0] != state:
+        known = (state, tokenizer("a")["input_ids"][:1] == [bos])
+        _ADDS_BOS[tokenizer] = known
+    return known[1]
 
 
 def _assistant_spans(

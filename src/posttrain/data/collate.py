@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from posttrain.data import memo
 from posttrain.data.chat import encode_conversation, encode_text
 from posttrain.data.order import epoch_order, split_step
 from posttrain.data.schema import Conversation, DataError
@@ -92,6 +93,23 @@ def tokenize_sft(
         raise ValueError(f"truncation must be one of {' | '.join(TRUNCATION)}, got {truncation!r}")
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
+    k = memo.key(convs, tokenizer, template, max_length, truncation)
+    done = memo.get(k)
+    if done is None:
+        with warnings.catch_warnings(record=True) as said:  # kept, to be said again on every memo hit
+            warnings.simplefilter("always")
+            samples, report = _tokenize_all(convs, tokenizer, template, max_length, truncation)
+        done = (samples, report, [(w.message, w.category) for w in said])
+        memo.put(k, done)
+    samples, report, said = done
+    for message, category in said:
+        warnings.warn(message, category, stacklevel=2)
+    return list(samples), dict(report)
+
+
+def _tokenize_all(
+    convs: list[Conversation], tokenizer: Any, template: str, max_length: int, truncation: str
+) -> tuple[list[Sample], dict[str, int]]:
     cut = TRUNCATION[truncation]
     report = dict(samples=0, truncated=0, dropped_too_long=0, dropped_no_loss=0, tokens=0, loss_tokens=0)
     out, no_loss, markers = [], [], Counter(end_markers_stripped=0, end_markers_mapped=0)

@@ -213,3 +213,5 @@ class PromptRow:
     messages: list[dict[str, str]] | None = None
     """The prompt as messages (None for raw token prompts)."""
     meta: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    """Where the prompt came from (file:line), for error messages."""

@@ -135,7 +135,7 @@ class Pipeline(AlignmentStages):
         self.base_dir = ensure_base(self.s.base, self.world, log=self.log)
         info = json.loads((self.base_dir / "pretrain.json").read_text())
         model, tok = self.load(self.base_dir)
-        self.tok, self.ev = tok, Evaluator(self.world, tok, seed=self.s.seed)
+        self.tok, self.ev = tok, Evaluator(self.world, tok, batch_size=self.s.gen_batch, seed=self.s.seed)
         acc = self.ev.suite(model, self.sets, EVAL_SETS)
         self.report["base"] = {
             **acc,
@@ -213,8 +213,8 @@ class Pipeline(AlignmentStages):
 
     def stage_scaling(self) -> None:
         """Held-out-task accuracy against the number of training tasks (the survey: more tasks is what helps held-out
-        tasks most). Full fine-tunes on the first k training tasks, with the SFT budget and data recipe; the run on
-        all of them is `sft.full`, the curve's last point."""
+        tasks most). The base is the point at 0 tasks; full fine-tunes on the first k training tasks, with the SFT
+        budget and data recipe, are the middle points; the run on all of them is `sft.full`, the last point."""
         self._need("base_dir")
         if not self.s.scaling_tasks:
             raise Skip("skipped: scaling_tasks is empty")
@@ -222,6 +222,10 @@ class Pipeline(AlignmentStages):
         from posttrain.config import load_config
 
         points = []
+        base = self.report.get("base") or {}
+        if "unseen_task_accuracy" in base:  # no instruction data at all: the curve's first point, for free
+            keys = ("unseen_task_accuracy", "unseen_task_contained", "unseen_task_by_task")
+            points.append({"tasks": 0, "names": [], **{k: base[k] for k in keys if k in base}})
         for k in sorted(set(self.s.scaling_tasks)):
             tasks = TRAIN_TASKS[:k]
             out = self.out / "scaling" / f"tasks_{k}"

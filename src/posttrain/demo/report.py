@@ -205,8 +205,9 @@ def scaling_table(report: dict[str, Any]) -> list[str]:
         "",
         "## Generalisation: held-out tasks against the number of training tasks",
         "",
-        f"Full fine-tuning on the first k training tasks, {_get(report, 'scaling.steps')} steps each (the last row "
-        "is `sft full`). Held-out tasks are never in instruction data; the base knows them from its prose only.",
+        f"Full fine-tuning on the first k training tasks, {_get(report, 'scaling.steps')} steps each (0 is the base, "
+        "the last row `sft full`). Held-out tasks are never in instruction data; the base knows them from its prose "
+        "only.",
         "",
         "| training tasks | held-out tasks | " + " | ".join(held) + " | tasks trained |",
         "|---" * (len(held) + 3) + "|",
@@ -214,7 +215,7 @@ def scaling_table(report: dict[str, Any]) -> list[str]:
     for p in points:
         by = p.get("unseen_task_by_task", {})
         lines.append(
-            f"| {p['tasks']} | {_fmt(p.get('unseen_task_accuracy'))} | "
+            f"| {p['tasks'] or '0 (base)'} | {_fmt(p.get('unseen_task_accuracy'))} | "
             + " | ".join(_fmt(by.get(t)) for t in held)
             + f" | {', '.join(p.get('names', []))} |"
         )

@@ -30,7 +30,7 @@ from posttrain.demo.prompts import (
     SAFETY_PROSE,
     SAFETY_REPEAT,
 )
-from posttrain.demo.tasks import COLOURS, HELDOUT_TASKS, SYLLABLES, TASKS, TRAIN_TASKS
+from posttrain.demo.tasks import COLOURS, HELDOUT_TASKS, SYLLABLES, TASKS, TRAIN_TASKS, vocabulary_words
 
 
 @dataclass
@@ -104,6 +104,7 @@ class World:
             "capital": {c.capitalize() + "land": city.capitalize() for c, city in zip(countries, cities)},
             "colour": {f: rng.choice(COLOURS) for f in fruits},
         }
+        self.template_words = frozenset(x.lower() for x in vocabulary_words())
         self.tasks = {t.name: t for t in TASKS}
         self._split: dict[str, tuple[list[dict], list[dict]]] = {}
         for t in TASKS:

@@ -13,7 +13,7 @@ on real response tokens (a prefix of each row).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 from posttrain.checks import NON_NEGATIVE, POSITIVE, UNIT, Check, at_least
 from posttrain.data.schema import PromptRow
 from posttrain.modeling import head, lm_forward, token_logprobs
+from posttrain.objectives.advantages import aggregate, kl_estimate, masked_mean, whiten
 
 # --------------------------------------------------------------------------------------------------------------
 # the `ppo:` config section, and what a reward is
@@ -32,8 +33,12 @@ class PPOArgs:
     """`ppo:` section of `posttrain ppo` configs."""
 
     reward: str = ""
-    """Reward model directory (from `posttrain rm`) or a Python callable `module:function` called as
-    fn(prompts: list[str], responses: list[str], **meta) -> list[float]."""
+    """Reward model directory (from `posttrain rm`), a Python callable `module:function` called as
+    fn(prompts: list[str], responses: list[str], **meta) -> list[float], or a built-in checker (`rewards`)."""
+    rewards: dict[str, float] = field(default_factory=dict)
+    """More reward terms, {spec: weight}, added to `reward` (weight 1): built-in checkers (exact | normalized |
+    number [:FIELD] against the prompt row's meta, regex:PATTERN, length:MAX_TOKENS), reward models, functions;
+    e.g. {"number": 1.0, "regex:^\\d+$": 0.2}."""
     rollout_batch_size: int = 64
     """Responses sampled per rollout batch (= prompts x samples_per_prompt)."""
     samples_per_prompt: int = 1
@@ -54,6 +59,23 @@ class PPOArgs:
     """Top-k filtering (0: off; biases samples: needs allow_biased_sampling)."""
     top_p: float = 1.0
     """Nucleus filtering (1.0: off; biases samples: needs allow_biased_sampling)."""
+    estimator: Literal["gae", "grpo", "rloo", "reinforce_pp"] = "gae"
+    """Advantage estimator: gae (PPO with a value model) | grpo (group-normalised rewards) | rloo (leave-one-out
+    baseline) | reinforce_pp (returns-to-go whitened over the batch). The last three use no value model."""
+    scale_rewards: bool = True
+    """grpo: divide by the group's reward standard deviation (false: Dr. GRPO, mean-centred only)."""
+    drop_equal_groups: bool = False
+    """grpo / rloo: leave groups whose samples all scored the same out of the loss (DAPO's filter, no resampling)."""
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    """token_mean (every token alike, DAPO) | seq_mean_token_mean (each response's token mean, GRPO) |
+    seq_mean_token_sum_norm (token sums over max_new_tokens, Dr. GRPO)."""
+    cliprange_high: float = 0.0
+    """Upper ratio clip epsilon (DAPO's clip-higher, e.g. 0.28); 0: the same as cliprange."""
+    kl_in: Literal["reward", "loss", "none"] = "reward"
+    """Where the KL to the reference goes: reward (a per-token penalty, PPO / RLOO / REINFORCE++) | loss (added to
+    the policy loss, GRPO) | none."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator: k1 = log pi - log ref | k2 = k1^2 / 2 | k3 = exp(-k1) + k1 - 1 (GRPO's, >= 0)."""
     kl_coef: float = 0.05
     """Per-token KL penalty coefficient (start value when adaptive)."""
     adaptive_kl: bool = False
@@ -103,7 +125,26 @@ class PPOArgs:
         "cliprange_value": POSITIVE,
         "vf_coef": NON_NEGATIVE,
         "ptx_coef": NON_NEGATIVE,
+        "cliprange_high": NON_NEGATIVE,
     }
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = []
+        if self.estimator in ("grpo", "rloo") and self.samples_per_prompt < 2:
+            bad.append(
+                ("samples_per_prompt", f"at least 2 for estimator={self.estimator} (a group to compare)")
+            )
+        if self.estimator != "gae" and self.value_head == "separate":
+            bad.append(("value_head", f"shared: estimator={self.estimator} trains no value model"))
+        if self.drop_equal_groups and self.estimator not in ("grpo", "rloo"):
+            bad.append(("drop_equal_groups", "false unless estimator is grpo or rloo"))
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.rewards.values()):
+            bad.append(("rewards", "a mapping of reward specs to numeric weights"))
+        return bad
+
+    @property
+    def critic_free(self) -> bool:
+        return self.estimator != "gae"
 
 
 RewardFn = Callable[[list[PromptRow], list[str], list[list[int]]], list[float]]
@@ -118,20 +159,6 @@ def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of softmax(logits / T) per position. (B, R, V) -> (B, R)."""
     logp = (logits.float() / temperature).log_softmax(-1)
     return -(logp.exp() * logp).sum(-1)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (population std); with shift_mean=False the mean is added back."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return out * mask
 
 
 def kl_penalised_rewards(
@@ -170,21 +197,38 @@ def gae(
     return advantages, (advantages + values) * mask
 
 
+def clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    low: float,
+    high: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token max(-A r, -A clip(r, 1 - low, 1 + high)), r = exp(logp - old) (high = low unless given: DAPO's
+    clip-higher), and where the clipped term won (B, R)."""
+    ratio = (logp - old_logp).exp()
+    high = low if not high else high
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - low, 1.0 + high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
 def policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+    cliprange_high: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clipped surrogate, *summed* over masked tokens: max(-A r, -A clip(r, 1-eps, 1+eps)), r = exp(logp - old).
 
     Returns (loss_sum, clipped-token count, approx-KL sum with 0.5 * (logp - old)^2), all scalars.
     """
     mask = mask.to(logp.dtype)
-    log_ratio = logp - old_logp
-    ratio = log_ratio.exp()
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
-    loss = torch.maximum(unclipped, clipped)
-    clipfrac = (clipped > unclipped).to(logp.dtype)
-    return (loss * mask).sum(), (clipfrac * mask).sum().detach(), (0.5 * log_ratio**2 * mask).sum().detach()
+    loss, clipped = clipped_surrogate(logp, old_logp, advantages, cliprange, cliprange_high)
+    approx_kl = (0.5 * (logp - old_logp) ** 2 * mask).sum().detach()
+    return (loss * mask).sum(), (clipped.to(logp.dtype) * mask).sum().detach(), approx_kl
 
 
 def value_loss(
@@ -296,11 +340,13 @@ def response_forward(
 
 @dataclass
 class PPOObjective:
-    """Clipped policy + clipped value loss on a minibatch of one rollout batch; optional PPO-ptx SFT term.
+    """Clipped policy loss (+ clipped value loss with a critic) on a minibatch of one rollout batch; optional KL to
+    the reference in the loss and a PPO-ptx SFT term.
 
     A micro-batch holds input_ids, attention_mask, position_ids (B, P+R), response (B, R), mask (B, R) and the
-    rollout's logprobs, values, advantages (whitened), returns (B, R); optionally `ptx` (an SFT batch). Units are
-    response tokens, so every sum below becomes a per-token mean once the loop divides by the step's units.
+    rollout's logprobs, values, advantages, returns (B, R) (ref_logprobs too with a KL in the loss); optionally
+    `ptx` (an SFT batch). Units are response tokens (token_mean) or responses (the two sequence means), so the
+    sums below become the chosen mean once the loop divides by the step's units.
     """
 
     cliprange: float = 0.2
@@ -309,31 +355,53 @@ class PPOObjective:
     temperature: float = 1.0
     ptx_coef: float = 0.0
     name: str = "ppo"
+    cliprange_high: float = 0.0
+    aggregation: str = "token_mean"
+    max_len: int = 0
+    """The response length limit (seq_mean_token_sum_norm divides each response's token sum by it)."""
+    kl_coef: float = 0.0
+    """Weight of the per-token KL estimate in the loss (kl_in=loss); 0: none."""
+    kl_estimator: str = "k3"
+    critic: bool = True
+    """False for the critic-free estimators: no value loss."""
 
     def units(self, batch: dict[str, Any]) -> int:
-        return int(batch["mask"].sum())
+        if self.aggregation == "token_mean":
+            return int(batch["mask"].sum())
+        return int(batch["mask"].any(1).sum())
 
     def loss(self, model: PolicyWithValue, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch["mask"]
         logits, values = response_forward(model, batch)
         logp = token_logprobs(logits, batch["response"], self.temperature)
-        pg, clipped, approx_kl = policy_loss(
-            logp, batch["logprobs"], batch["advantages"], mask, self.cliprange
+        per_token, clipped = clipped_surrogate(
+            logp, batch["logprobs"], batch["advantages"], self.cliprange, self.cliprange_high
         )
-        vf, vf_clipped = value_loss(values, batch["values"], batch["returns"], mask, self.cliprange_value)
-        with torch.no_grad():
-            ent = (entropy(logits, self.temperature) * mask).sum()
-        loss = pg + self.vf_coef * vf
-        metrics = {
-            "policy_loss": pg.item(),
-            "value_loss": vf.item(),
-            "clipfrac": clipped.item(),
-            "vf_clipfrac": vf_clipped.item(),
-            "approx_kl": approx_kl.item(),
-            "entropy": ent.item(),
-        }
-        n = float(mask.sum())
+        pg, _ = aggregate(per_token, mask, self.aggregation, self.max_len)
+        loss = pg
+        metrics = {"policy_loss": pg.item()}
+        if self.kl_coef > 0:
+            kl_tok = kl_estimate(logp, batch["ref_logprobs"], self.kl_estimator)
+            kl, _ = aggregate(kl_tok, mask, self.aggregation, self.max_len)
+            loss = loss + self.kl_coef * kl
+            metrics["kl_loss"] = kl.item()
+        if self.critic:
+            vf, vf_clipped = value_loss(values, batch["values"], batch["returns"], mask, self.cliprange_value)
+            if (
+                self.aggregation != "token_mean"
+            ):  # value loss per token, averaged the same way as the policy's
+                vf = vf * self.units(batch) / mask.sum().clamp(min=1)
+            loss = loss + self.vf_coef * vf
+            metrics.update(value_loss=vf.item(), vf_clipfrac=vf_clipped.item())
+        with torch.no_grad():  # logged as the loss is averaged: per token, or per response's token mean
+            for key, per in (
+                ("clipfrac", clipped.float()),
+                ("approx_kl", 0.5 * (logp - batch["logprobs"]) ** 2),
+                ("entropy", entropy(logits, self.temperature)),
+            ):
+                metrics[key] = aggregate(per, mask, self.aggregation, self.max_len)[0].item()
         if self.ptx_coef > 0 and "ptx" in batch:
+            n = float(self.units(batch))
             ptx = _sft_mean_loss(model.policy, batch["ptx"])
             loss = loss + self.ptx_coef * ptx * n
             metrics["ptx_loss"] = ptx.item() * n
@@ -363,6 +431,7 @@ __all__ = [
     "kl_controller",
     "kl_penalised_rewards",
     "masked_mean",
+    "clipped_surrogate",
     "policy_loss",
     "response_forward",
     "value_loss",

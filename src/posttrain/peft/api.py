@@ -21,7 +21,7 @@ from posttrain.peft.virtual import VirtualTokens
 INJECTORS = {
     "lora": lambda m, c, n, t: lora.inject(m, c.lora, n),
     "adapter": lambda m, c, n, t: adapter.inject(m, c.adapter, n),
-    "prefix": lambda m, c, n, t: prefix.inject(m, c.prefix, n),
+    "prefix": lambda m, c, n, t: prefix.inject(m, c.prefix, n, t),
     "prompt": lambda m, c, n, t: prompt.inject(m, c.prompt, n, t),
 }
 CONFIG_ATTR = "posttrain_peft_config"  # model attribute: {adapter name: PeftConfig}
@@ -34,7 +34,7 @@ def apply_peft(
     token rows train.
 
     `method=none` returns the model unchanged with every parameter trainable. `tokenizer` is needed for prompt
-    tuning initialised from text and for `trainable_tokens` (with the chat `template` training uses). Calling it
+    and prefix tuning initialised from text and for `trainable_tokens` (with the chat `template` training uses). Calling it
     again with another name adds a second adapter.
     """
     if cfg.method == "none":

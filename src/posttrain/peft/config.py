@@ -46,8 +46,22 @@ class PrefixConfig:
     """Reparameterise prefixes through an MLP while training (dropped at save time)."""
     projection_hidden: int = 128
     """Hidden size of the reparameterisation MLP."""
+    init_text: str | None = None
+    """Initialise the prefix with the keys/values the frozen model computes for this text (repeated/cut to length;
+    Li & Liang 2021: real words' activations train better than random ones), so the tuned model starts as the base
+    model reading that text first; random normal values if unset. Not with `projection`."""
 
     checks: ClassVar[dict] = {"num_virtual_tokens": at_least(1), "projection_hidden": at_least(1)}
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.init_text is not None and self.projection:
+            return [
+                (
+                    "init_text",
+                    "unset with projection=true (an MLP's output cannot start at given keys/values)",
+                )
+            ]
+        return []
 
 
 @dataclass

@@ -4,7 +4,8 @@ The prefix is one tensor of shape (n, 2 * layers * kv_heads * head_dim), laid ou
 `prompt_embeddings` (per token: layer 0 keys, layer 0 values, layer 1 keys, ...; each kv_heads x head_dim, so
 it is right under GQA). With `projection`, it is computed by an MLP from an (n, hidden) embedding while
 training, as PEFT's `prefix_projection` does; the MLP is dropped at save time and the computed prefix is saved
-instead.
+instead. With `init_text` the prefix starts as the keys and values the frozen model computes for that text (Li
+& Liang's initialisation with real words), so the step-0 model is the base model reading the text first.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 
 from posttrain.peft.base import trunk_of
 from posttrain.peft.config import PrefixConfig
-from posttrain.peft.virtual import VirtualTokens, kv_layout
+from posttrain.peft.virtual import VirtualTokens, cache_arg, kv_layout, record_kv, text_ids
 
 
 class PrefixEncoder(nn.Module):
@@ -58,6 +59,13 @@ class PrefixEncoder(nn.Module):
         return [(x[2 * i].unsqueeze(0), x[2 * i + 1].unsqueeze(0)) for i in range(self.layers)]
 
     @torch.no_grad()
+    def load_kv(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Start from per-layer (keys, values), each (1, kv_heads, n, head_dim): the inverse of `kv`."""
+        x = torch.stack([t[0] for pair in kv for t in pair])  # (2L, H, n, D)
+        self.embedding.copy_(x.permute(2, 0, 1, 3).reshape(self.num_virtual_tokens, -1))
+        self.mark_initial()
+
+    @torch.no_grad()
     def load_flat(self, flat: torch.Tensor) -> None:
         """Load a saved (computed) prefix; the projection MLP, if any, is dropped."""
         self.transform = None
@@ -77,16 +85,29 @@ def virtual_tokens(model: nn.Module, method: str) -> VirtualTokens:
     return holder
 
 
-def inject(model: nn.Module, cfg: PrefixConfig, name: str) -> int:
+def inject(model: nn.Module, cfg: PrefixConfig, name: str, tokenizer=None) -> int:
     trunk = trunk_of(model)
+    param = next(model.parameters())
     holder = getattr(trunk, "virtual_tokens", None)
-    if holder is not None:  # read the plain model's cache layout, without the prefixes already there
+    if holder is not None:  # read the plain model, without the prefixes already there
         holder.disabled, was = True, holder.disabled
     try:
         layout = kv_layout(trunk)
+        encoder = PrefixEncoder(model.config, cfg, param, layout)
+        if cfg.init_text:
+            ids = text_ids(tokenizer, cfg.init_text, cfg.num_virtual_tokens, "peft.prefix.init_text")
+            with torch.no_grad():
+                was_training = trunk.training
+                trunk.eval()
+                try:
+                    kv = record_kv(
+                        trunk, cache_arg(trunk), input_ids=torch.tensor([ids], device=param.device)
+                    )
+                finally:
+                    trunk.train(was_training)
+            encoder.load_kv([(k.float(), v.float()) for k, v in kv])
     finally:
         if holder is not None:
             holder.disabled = was
-    holder = virtual_tokens(model, "prefix")
-    holder.encoders[name] = PrefixEncoder(model.config, cfg, next(model.parameters()), layout)
+    virtual_tokens(model, "prefix").encoders[name] = encoder
     return 1

@@ -14,7 +14,7 @@ from torch import nn
 
 from posttrain.peft.config import PromptConfig
 from posttrain.peft.prefix import virtual_tokens
-from posttrain.peft.virtual import RecordingCache, num_layers
+from posttrain.peft.virtual import record_kv, text_ids
 
 
 class SoftPrompt(nn.Module):
@@ -33,13 +33,9 @@ class SoftPrompt(nn.Module):
         self, trunk: nn.Module, cache_arg: str, initial: bool = False
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer (keys, values) of the soft tokens run through the trunk: trained, or the initial ones."""
-        n = self.num_virtual_tokens
-        cache = RecordingCache(num_layers(trunk.config))
         source = self.initial if initial else self.embedding
         embeds = source.to(trunk.get_input_embeddings().weight.dtype).unsqueeze(0)  # (1, n, hidden)
-        positions = torch.arange(n, device=embeds.device).unsqueeze(0)
-        trunk(inputs_embeds=embeds, position_ids=positions, use_cache=True, **{cache_arg: cache})
-        return cache.kv()
+        return record_kv(trunk, cache_arg, inputs_embeds=embeds)
 
 
 def initial_embeddings(model: nn.Module, cfg: PromptConfig, tokenizer=None, seed: int = 0) -> torch.Tensor:
@@ -47,18 +43,14 @@ def initial_embeddings(model: nn.Module, cfg: PromptConfig, tokenizer=None, seed
     table = model.get_input_embeddings().weight
     n = cfg.num_virtual_tokens
     if cfg.init_text:
-        if tokenizer is None:
-            raise ValueError(
-                "peft.prompt.init_text needs the tokenizer: apply_peft(model, cfg, tokenizer=tok)"
-            )
-        ids = tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError(f"peft.prompt.init_text {cfg.init_text!r} encodes to no tokens")
-        ids = (ids * (n // len(ids) + 1))[:n]
+        ids = text_ids(tokenizer, cfg.init_text, n, "peft.prompt.init_text")
     else:
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, table.shape[0], (n,), generator=g).tolist()
-    return table[torch.tensor(ids, device=table.device)].detach()
+    with (
+        torch.no_grad()
+    ):  # through the module: scaled embeddings (Gemma's sqrt(hidden)) scale here, as in PEFT
+        return model.get_input_embeddings()(torch.tensor(ids, device=table.device)).detach()
 
 
 def inject(model: nn.Module, cfg: PromptConfig, name: str, tokenizer=None) -> int:

@@ -94,6 +94,26 @@ class RecordingCache(Cache):
         return [(layer.keys, layer.values) for layer in self.layers]
 
 
+def record_kv(trunk: nn.Module, cache_arg: str, **inputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (keys, values) the trunk computes for one sequence at positions 0..n-1 (`input_ids` or
+    `inputs_embeds`): what n virtual tokens look like to the real tokens after them."""
+    ref = inputs.get("input_ids", inputs.get("inputs_embeds"))
+    positions = torch.arange(ref.shape[1], device=ref.device).unsqueeze(0)
+    cache = RecordingCache(num_layers(trunk.config))
+    trunk(position_ids=positions, use_cache=True, **inputs, **{cache_arg: cache})
+    return cache.kv()
+
+
+def text_ids(tokenizer, text: str, n: int, key: str) -> list[int]:
+    """`text`'s token ids repeated/cut to n (the `init_text` of prompt and prefix tuning)."""
+    if tokenizer is None:
+        raise ValueError(f"{key} needs the tokenizer: apply_peft(model, cfg, tokenizer=tok)")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"{key} {text!r} encodes to no tokens")
+    return (ids * (n // len(ids) + 1))[:n]
+
+
 def num_layers(config) -> int:
     return config.get_text_config().num_hidden_layers
 

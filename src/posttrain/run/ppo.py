@@ -25,6 +25,7 @@ import torch
 from posttrain.artifacts.ppo import CRITIC_DIR, VALUE_HEAD_FILE, load_value_head, save_value_head  # noqa: F401
 from posttrain.config import ConfigError, RunConfig
 from posttrain.data.schema import PromptRow
+from posttrain.objectives import verifiable
 from posttrain.objectives.ppo import PolicyWithValue, PPOArgs, PPOObjective, RewardFn
 from posttrain.run.ppo_source import PPOSource
 
@@ -37,6 +38,40 @@ class PPOConfig(RunConfig):
     """`posttrain ppo`: PPO against a reward model or reward function, KL-regularised towards the SFT model."""
 
     ppo: PPOArgs = field(default_factory=PPOArgs)
+
+
+GRPO = dict(
+    estimator="grpo",
+    samples_per_prompt=4,
+    ppo_epochs=1,
+    kl_in="loss",
+    kl_estimator="k3",
+    kl_coef=0.04,
+    loss_aggregation="seq_mean_token_mean",
+)
+"""What `posttrain grpo` presets (DeepSeekMath's GRPO: group-normalised rewards, k3 KL in the loss with beta 0.04,
+each response's token mean); every key can still be set."""
+
+RLOO = dict(estimator="rloo", samples_per_prompt=4, ppo_epochs=1, kl_in="reward", kl_estimator="k1")
+"""What `posttrain rloo` presets (Ahmadian et al. 2024: leave-one-out baseline, KL penalty in the reward)."""
+
+
+@dataclass
+class GRPOConfig(PPOConfig):
+    """`posttrain grpo`: critic-free RL with group-normalised rewards (reward models, functions or the built-in
+    checkers: ppo.reward=number), KL to the SFT model in the loss."""
+
+    ppo: PPOArgs = field(default_factory=lambda: PPOArgs(**GRPO))
+
+
+@dataclass
+class RLOOConfig(PPOConfig):
+    """`posttrain rloo`: critic-free RL with a leave-one-out baseline over k samples per prompt, KL in the reward."""
+
+    ppo: PPOArgs = field(default_factory=lambda: PPOArgs(**RLOO))
+
+
+COMMAND_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
 
 
 def check_args(args: PPOArgs, batch_size: int) -> None:
@@ -70,19 +105,53 @@ def check_args(args: PPOArgs, batch_size: int) -> None:
         raise ConfigError(f"ppo.value_head must be shared | separate, got {args.value_head!r}")
     if args.temperature <= 0:
         raise ConfigError("ppo.temperature must be > 0")
+    if args.adaptive_kl and args.kl_in != "reward":
+        raise ConfigError("ppo.adaptive_kl steers a KL penalty in the reward: set ppo.kl_in=reward")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # prompts and rewards
 
 
-def load_reward(spec: str, tokenizer, device: torch.device | str = "cpu") -> RewardFn:
-    """A reward model directory, or `module:function` called as fn(prompts, responses, **meta) -> list[float].
+def load_reward(
+    spec: str, tokenizer, device: torch.device | str = "cpu", terms: dict | None = None
+) -> RewardFn:
+    """The reward: `spec` (weight 1) plus every {spec: weight} of `terms`, summed. A spec is a built-in checker
+    (exact | normalized | number [:FIELD], regex:PATTERN, length:MAX_TOKENS; `posttrain.objectives.verifiable`),
+    a reward model directory, or `module:function` called as fn(prompts, responses, **meta) -> list[float].
 
     The function gets the prompts as the exact text the policy saw, and keyword columns `messages`, `prompt_ids`,
-    `response_ids` plus every key found in the prompt rows' `meta` (None where a row lacks it)."""
-    if not spec:
-        raise ConfigError("ppo.reward: give a reward model directory or a module:function")
+    `response_ids` plus every key found in the prompt rows' `meta` (None where a row lacks it). Any score that is
+    NaN or infinite, or a function that raises, stops the run with a ValueError naming the prompt."""
+    specs = ({spec: 1.0} if spec else {}) | dict(terms or {})
+    if not specs:
+        raise ConfigError(
+            "ppo.reward: give a reward model directory, module:function or a built-in checker "
+            f"({' | '.join(verifiable.BUILTINS)}), or ppo.rewards={{spec: weight}}"
+        )
+    parts = [(float(w), s, _reward_term(s, tokenizer, device)) for s, w in specs.items()]
+
+    def score(rows: list[PromptRow], texts: list[str], response_ids: list[list[int]]) -> list[float]:
+        total = [0.0] * len(texts)
+        for weight, name, fn in parts:
+            values = verifiable.checked(fn, name, rows, texts, response_ids)
+            total = [t + weight * v for t, v in zip(total, values)]
+        return total
+
+    return score
+
+
+def _reward_term(spec: str, tokenizer, device) -> RewardFn:
+    """One reward spec as a batch function (see `load_reward`)."""
+    name, _, arg = spec.partition(":")
+    if name in verifiable.BUILTINS:
+        key = {"regex": "pattern", "length": "max_tokens"}.get(name, "field")
+        try:
+            value = int(arg) if key == "max_tokens" else arg
+            term = verifiable.builtin(name, **({key: value} if arg else {}))
+        except ValueError as e:
+            raise ConfigError(f"ppo.reward {spec!r}: {e}") from None
+        return verifiable.batch(term)
     if Path(spec).is_dir():
         from posttrain.artifacts.reward import load_reward_model
 
@@ -97,7 +166,10 @@ def load_reward(spec: str, tokenizer, device: torch.device | str = "cpu") -> Rew
 
         return score_rm
     if ":" not in spec:
-        raise ConfigError(f"ppo.reward: {spec!r} is neither a directory nor module:function")
+        raise ConfigError(
+            f"ppo.reward: {spec!r} is neither a directory, module:function nor a built-in checker "
+            f"({' | '.join(verifiable.BUILTINS)})"
+        )
     module, name = spec.rsplit(":", 1)
     try:
         fn = getattr(importlib.import_module(module), name)
@@ -105,20 +177,15 @@ def load_reward(spec: str, tokenizer, device: torch.device | str = "cpu") -> Rew
         raise ConfigError(f"ppo.reward: cannot import {spec!r}: {e}") from e
 
     def score_fn(rows: list[PromptRow], texts: list[str], response_ids: list[list[int]]) -> list[float]:
-        keys = sorted({k for r in rows for k in r.meta})
-        meta = {k: [r.meta.get(k) for r in rows] for k in keys}
         prompts = tokenizer.batch_decode([r.ids for r in rows])
-        out = fn(
+        return fn(
             prompts,
             texts,
             messages=[r.messages for r in rows],
             prompt_ids=[r.ids for r in rows],
             response_ids=response_ids,
-            **meta,
+            **verifiable.meta_keys(rows),
         )
-        if len(out) != len(texts):
-            raise ValueError(f"reward function {spec} returned {len(out)} scores for {len(texts)} responses")
-        return [float(x) for x in out]
 
     return score_fn
 
@@ -137,7 +204,7 @@ def load_prompts(cfg: RunConfig, tokenizer) -> list[PromptRow]:
         msgs, _ = prompt_messages(rec, path, line, cfg.system_prompt)
         ids = encode_prompt(tokenizer, msgs, cfg.template)
         meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
-        rows.append(PromptRow(ids, [m.to_dict() for m in msgs], meta))
+        rows.append(PromptRow(ids, [m.to_dict() for m in msgs], meta, source=f"{path}:{line}"))
     if not rows:
         raise DataError(f"{cfg.data}: no prompts")
     return rows
@@ -161,6 +228,23 @@ def _critic(cfg: PPOConfig, policy: torch.nn.Module) -> torch.nn.Module | None:
     return setup_model(dataclasses.replace(cfg, **where), verbose=False)[0]
 
 
+def objective_for(a: PPOArgs) -> PPOObjective:
+    """The loss the `ppo:` section asks for: clip range(s), aggregation, KL in the loss, critic or not."""
+    return PPOObjective(
+        a.cliprange,
+        a.cliprange_value,
+        a.vf_coef,
+        a.temperature,
+        a.ptx_coef,
+        cliprange_high=a.cliprange_high,
+        aggregation=a.loss_aggregation,
+        max_len=a.max_new_tokens,
+        kl_coef=a.kl_coef if a.kl_in == "loss" else 0.0,
+        kl_estimator=a.kl_estimator,
+        critic=not a.critic_free,
+    )
+
+
 def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource]:
     """Model (+ value head, critic, reference), tokenizer, objective and source for a config."""
     from posttrain.run.common import setup_model
@@ -181,9 +265,9 @@ def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource
     prompts = load_prompts(cfg, tokenizer)
     for row in prompts:
         row.ids = row.ids[-a.max_prompt_length :]
-    reward = load_reward(a.reward, tokenizer, next(policy.parameters()).device)
+    reward = load_reward(a.reward, tokenizer, next(policy.parameters()).device, a.rewards)
     ptx = _ptx_batches(cfg, tokenizer) if a.ptx_coef > 0 else None
-    objective = PPOObjective(a.cliprange, a.cliprange_value, a.vf_coef, a.temperature, a.ptx_coef)
+    objective = objective_for(a)
     source = PPOSource(
         model,
         tokenizer,
@@ -214,30 +298,46 @@ def _ptx_batches(cfg: PPOConfig, tokenizer) -> list[dict[str, torch.Tensor]]:
     return [pad_collate(samples[i : i + n], pad) for i in range(0, len(samples), n)]
 
 
+def command_of(cfg: PPOConfig) -> str:
+    return {GRPOConfig: "grpo", RLOOConfig: "rloo"}.get(type(cfg), "ppo")
+
+
 def run(cfg: PPOConfig) -> dict[str, Any]:
     from posttrain.artifacts.ppo import save_policy_with_value
     from posttrain.run.common import claim, with_model_card
     from posttrain.train.loop import fit
 
-    run_dir = claim(cfg, "ppo")
+    command = command_of(cfg)
+    run_dir = claim(cfg, command)
     model, tokenizer, objective, source = build(cfg)
     out = run_dir.write()
     save_fn = lambda m, d: save_policy_with_value(m, tokenizer, cfg, d)  # noqa: E731
     result = fit(model, objective, source, cfg.train, out, save_fn=save_fn, log_extra=source.stats)
-    return with_model_card(cfg, "ppo", result)
+    return with_model_card(cfg, command, result)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, command: str = "ppo") -> int:
     from posttrain.run.common import config_command
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    cls = COMMAND_CONFIGS[command]
     check = lambda cfg: check_args(cfg.ppo, cfg.train.batch_size)  # noqa: E731  (bad sizes: a config error)
-    return config_command(PPOConfig, run, argv, "posttrain ppo", PPOConfig.__doc__, check=check)
+    return config_command(cls, run, argv, f"posttrain {command}", cls.__doc__, check=check)
+
+
+def main_grpo(argv: list[str] | None = None) -> int:
+    return main(argv, "grpo")
+
+
+def main_rloo(argv: list[str] | None = None) -> int:
+    return main(argv, "rloo")
 
 
 __all__ = [
+    "GRPOConfig",
     "PPOArgs",
     "PPOConfig",
+    "RLOOConfig",
     "PPOSource",
     "PromptRow",
     "build",
@@ -246,6 +346,9 @@ __all__ = [
     "load_reward",
     "load_value_head",
     "main",
+    "main_grpo",
+    "main_rloo",
+    "objective_for",
     "run",
     "save_value_head",
 ]

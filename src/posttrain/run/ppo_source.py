@@ -22,6 +22,7 @@ from torch import nn
 
 from posttrain.data.schema import PromptRow
 from posttrain.modeling import lm_forward, token_logprobs
+from posttrain.objectives.advantages import equal_groups, group_advantages, kl_estimate, returns_to_go
 from posttrain.objectives.ppo import (
     PolicyWithValue,
     PPOArgs,
@@ -200,6 +201,38 @@ class PPOSource:
 
         return reference_policy(self.model.policy)  # yields the policy, computing its step-0 self
 
+    def _advantages(self, data: dict[str, torch.Tensor], scores: torch.Tensor) -> dict[str, float]:
+        """Fill data["advantages"] and data["returns"] by the configured estimator (module docstring of
+        `posttrain.objectives.advantages`); keep data["ref_logprobs"] only when the KL goes into the loss.
+        Returns the rollout's mean KL (k1, nats per response) and the estimator's own figures."""
+        a, mask = self.args, data["mask"]
+        kl1 = (data["logprobs"] - data["ref_logprobs"]) * mask
+        coef = self.kl.value if a.kl_in == "reward" else 0.0
+        penalty = kl_estimate(data["logprobs"], data["ref_logprobs"], a.kl_estimator) * mask
+        rewards, _ = kl_penalised_rewards(scores, penalty, torch.zeros_like(penalty), mask, coef)
+        out = {"kl": float(kl1.sum(1).mean())}
+        if a.estimator == "gae":
+            if a.whiten_rewards:
+                rewards = global_whiten(rewards, mask, shift_mean=False)
+            advantages, returns = gae(rewards, data["values"], mask, a.gamma, a.lam)
+            advantages = global_whiten(advantages, mask)
+        elif a.estimator == "reinforce_pp":
+            advantages = global_whiten(returns_to_go(rewards, mask, a.gamma), mask)
+            returns = torch.zeros_like(advantages)
+        else:  # grpo / rloo: one advantage per response, from its group (the sequence reward, KL included)
+            k = a.samples_per_prompt
+            per_response = group_advantages(rewards.sum(1), k, a.estimator, scale=a.scale_rewards)
+            advantages = per_response[:, None] * mask
+            returns = torch.zeros_like(advantages)
+            equal = equal_groups(scores, k)
+            out["equal_groups"] = float(equal.float().mean())
+            if a.drop_equal_groups and not equal.all():
+                data["mask"] = mask & ~equal[:, None]
+        data["advantages"], data["returns"] = advantages * data["mask"], returns
+        if a.kl_in != "loss":
+            del data["ref_logprobs"]
+        return out
+
     def make_experience(self) -> dict[str, Any]:
         a = self.args
         rows = self._take_prompts()
@@ -219,15 +252,8 @@ class PPOSource:
         data.update(self._score_tokens(data))
         mask = data["mask"]
         scores = torch.tensor(self.reward(rows, ro.texts, ro.response_ids), dtype=torch.float32)
-        rewards, kl = kl_penalised_rewards(
-            scores, data["logprobs"], data["ref_logprobs"], mask, self.kl.value
-        )
-        if a.whiten_rewards:
-            rewards = global_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, data["values"], mask, a.gamma, a.lam)
-        data["advantages"], data["returns"] = global_whiten(advantages, mask), returns
-        del data["ref_logprobs"]
-        mean_kl = float(kl.sum(1).mean())
+        extra = self._advantages(data, scores)
+        mean_kl = extra.pop("kl")
         stats = {
             "reward": float(scores.mean()),
             "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
@@ -235,6 +261,7 @@ class PPOSource:
             "kl_coef": self.kl.value,
             "response_length": float(mask.sum(1).float().mean()),
             "rollout": float(self.rollouts),
+            **extra,
         }
         self.kl.update(mean_kl, len(rows))
         plan = []

@@ -1,11 +1,13 @@
 """AdamW over the trainable parameters and the warmup + decay learning-rate schedule.
 
-opt = build_optimizer(model, cfg)              # no weight decay on biases and norm weights (ndim < 2)
+opt = build_optimizer(model, cfg)              # no weight decay on biases and norm weights (ndim < 2);
+                                                # train.lr_scale gives name globs their own lr
 sched = build_scheduler(opt, cfg, total_steps)  # linear warmup, then cosine | linear | constant
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 
 import torch
@@ -20,19 +22,39 @@ SCHEDULES = {
 }
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: matrices decay, vectors (biases, norm weights) do not. Frozen parameters are left out."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    if not decay and not no_decay:
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, lr: float, lr_scale: dict | None = None
+) -> list[dict]:
+    """AdamW groups: matrices decay, vectors (biases, norm weights) do not, and each `lr_scale` glob (matched on the
+    parameter's name, first match wins) gets its own learning rate. Frozen parameters are left out."""
+    scales = list((lr_scale or {}).items())
+    groups: dict[tuple[bool, float], list] = {
+        (True, 1.0): [],
+        (False, 1.0): [],
+    }  # kept even when empty: resume
+    used = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        hit = next((glob for glob, _ in scales if fnmatch.fnmatchcase(name, glob)), None)
+        used.add(hit)
+        factor = float(dict(scales)[hit]) if hit is not None else 1.0
+        groups.setdefault((p.ndim >= 2, factor), []).append(p)
+    if not any(groups.values()):
         raise ValueError("the model has no trainable parameters (is everything frozen?)")
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    unused = [glob for glob, _ in scales if glob not in used]
+    if unused:
+        raise ValueError(f"train.lr_scale: {unused[0]!r} matches no trainable parameter")
+    order = sorted(
+        groups, key=lambda k: (k[1] != 1.0, not k[0], k[1])
+    )  # decay, no decay, then the scaled ones
+    return [
+        {"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr": lr * k[1]} for k in order
+    ]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_scale)
     params = [p for g in groups for p in g["params"]]
     # fused AdamW is one kernel per step on CUDA and on CPU (torch >= 2.4) instead of a Python loop over tensors;
     # FSDP's sharded (DTensor) parameters keep the default implementation.
