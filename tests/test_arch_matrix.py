@@ -132,8 +132,8 @@ def test_every_consumer_reads_the_models_own_logprobs(family):
         torch.testing.assert_close(loglik, want, **close)
 
         ppo_batch = prompt_response_rows(prompts, responses, pad_id=1)
-        logits, _ = response_forward(PolicyWithValue(model), ppo_batch)
-        lp = token_logprobs(logits, ppo_batch["response"]) * ppo_batch["mask"]
+        lp, _, _ = response_forward(PolicyWithValue(model), ppo_batch)
+        lp = lp * ppo_batch["mask"]
         torch.testing.assert_close(lp.sum(1), want, **close)
         got = torch.tensor([sum(x) for x in response_logprobs(model, prompts, responses, pad_id=1)])
         torch.testing.assert_close(got, want, **close)

@@ -199,7 +199,7 @@ def test_ppo_critic_and_value_head_come_back_exactly(tmp_path):
 
     def values(m):
         with torch.no_grad():
-            return m(batch["input_ids"], batch["attention_mask"], batch["position_ids"], keep=8)[1].tolist()
+            return m(batch["input_ids"], batch["attention_mask"], batch["position_ids"], cols=8)[1].tolist()
 
     want = values(model.eval())
     save_policy_with_value(model, tiny_tokenizer(), cfg, tmp_path / "ppo")

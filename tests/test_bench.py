@@ -67,3 +67,35 @@ def test_all_compares_every_workload(fakes, monkeypatch, capsys):
     assert cli.main(["all"]) == 0
     assert seen == ["a", "b"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["speedup"] == 2.0
+
+
+def test_rl_lora_runs_our_grpo_with_the_anchors_grpo_settings():
+    """rl-lora compares one algorithm: our GRPO's settings are TRL GRPOConfig's defaults (read from TRL itself),
+    with the anchor script's k, lengths, batch and beta; the PPO row is ours against our GRPO."""
+    trl = pytest.importorskip("trl")
+    from posttrain.bench.rl import GRPO_AS_TRL, RL_SETTINGS
+    from posttrain.run.ppo import PPOArgs, objective_for
+
+    c = trl.GRPOConfig(
+        output_dir="/tmp/unused", use_cpu=True, per_device_train_batch_size=16, num_generations=4
+    )
+    assert (c.loss_type, c.scale_rewards, c.num_iterations, c.steps_per_generation) == ("dapo", "group", 1, 1)
+    assert (c.temperature, c.top_p, c.top_k, c.epsilon_high, c.importance_sampling_level) == (
+        1.0,
+        1.0,
+        0,
+        None,
+        "token",
+    )
+    a = PPOArgs(**RL_SETTINGS, **GRPO_AS_TRL)
+    assert (a.estimator, a.scale_rewards, a.loss_aggregation, a.kl_in, a.kl_estimator) == (
+        "grpo",
+        True,  # scale_rewards="group"
+        "token_mean",  # loss_type="dapo": every token of the step counts alike
+        "loss",  # beta > 0: a KL term in the loss, TRL's k3
+        "k3",
+    )
+    assert (a.cliprange, a.cliprange_high, a.temperature, a.top_k, a.top_p) == (c.epsilon, 0.0, 1.0, 0, 1.0)
+    assert (a.samples_per_prompt, a.max_new_tokens, a.rollout_batch_size, a.kl_coef) == (4, 64, 16, 0.04)
+    assert a.on_policy and objective_for(a).on_policy  # num_iterations=1: ratio 1, as TRL
+    assert cli.WORKLOADS["rl-ppo"].anchor == cli.WORKLOADS["rl-lora"].ours

@@ -13,6 +13,9 @@ REQUIRED = [
     "ppo.gold_reward",
     "ppo.kl",
     "dpo.gold_reward",
+    "grpo.gold_reward",
+    "grpo.kl",
+    "grpo.seen_accuracy",
     "sft_best.gold_reward",
     "wall_s",
 ]
@@ -45,7 +48,7 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
     stages = report["stages"]
     assert not [n for n, s in stages.items() if s["status"] == "failed"], stages
     assert code == 0
-    assert set(stages) == {"base", "data", "sft", "scaling", "rank", "rm", "ppo", "dpo"}
+    assert set(stages) == {"base", "data", "sft", "scaling", "rank", "rm", "ppo", "dpo", "grpo"}
     points = report["scaling"][
         "points"
     ]  # quick: the base (0 tasks), 2 training tasks, then all of them (sft full)
@@ -63,6 +66,7 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
         "report.md",
         "loss_curves.png",
         "ppo.png",
+        "grpo.png",
         "peft.png",
         "tradeoff.png",
         "task_scaling.png",
@@ -72,9 +76,11 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
         "rm/metrics.jsonl",
         "ppo/metrics.jsonl",
         "dpo/metrics.jsonl",
+        "grpo/metrics.jsonl",
+        "data/grpo_prompts.jsonl",
     ):
         assert (out / name).exists(), name
-    assert len(report["targets"]) == 13
+    assert len(report["targets"]) == 14
     # the reward model carries the demo's likelihood term, and PPO scored with it (labels reached the score)
     from posttrain.demo.settings import DemoSettings
 

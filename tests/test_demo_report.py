@@ -34,6 +34,7 @@ def _report(**over):
         "rm": {"heldout_accuracy": 0.80},
         "ppo": {"gold_reward": 0.6, "kl": 1.0},
         "dpo": {"gold_reward": 0.4, "kl": 2.0},
+        "grpo": {"gold_reward": 0.55, "kl": 0.5, "seen_accuracy": 0.75},
         "safety": {"refusal_rate": 0.95, "false_refusal_rate": 0.2},
         "identity_accuracy": 1.0,
         "stages": {"base": {"status": "ok", "wall_s": 1.0, "note": ""}},
@@ -131,16 +132,24 @@ def test_write_report_writes_json_markdown_and_plots(tmp_path):
     (tmp_path / "sft" / "full" / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": i, "loss": 2.0 / i}) + "\n" for i in range(1, 6))
     )
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"step": i, "loss": 0.1, "reward": i / 10, "kl": i / 100}) + "\n" for i in range(1, 6)
+        )
+    )
     write_report(_report(), tmp_path)
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["sft"]["lora"]["trainable_pct"] == 15.0 and len(data["targets"]) == 13
+    assert data["sft"]["lora"]["trainable_pct"] == 15.0 and len(data["targets"]) == 14
     md = (tmp_path / "report.md").read_text()
     assert (
         "| sft lora |" in md and "| ppo | 0.600 | +0.100 | 1.000 |" in md and "| dpo | 0.400 | -0.100 |" in md
     )
+    assert "| grpo | 0.550 | +0.050 | 0.500 | 0.750 |" in md
+    assert "| GRPO raises mean gold reward over SFT (change) | +0.050 | pass |" in md
     assert "| PPO raises mean gold reward over SFT (change) | +0.100 | pass |" in md and "FAIL" in md
     assert "smoke run" not in md
-    for png in ("loss_curves.png", "ppo.png", "peft.png", "tradeoff.png"):
+    for png in ("loss_curves.png", "ppo.png", "grpo.png", "peft.png", "tradeoff.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -196,3 +196,54 @@ def test_posttrain_grpo_end_to_end_with_a_builtin_checker(tmp_path, capsys):
     assert (
         f"reward number failed on prompt 'Spell cat.' ({bad}:4)" in err[-1] and "no 'answer' field" in err[-1]
     )
+
+
+def test_on_policy_is_one_step_per_rollout_of_unbiased_samples_without_policy_terms_in_the_reward():
+    on = dict(estimator="grpo", samples_per_prompt=4, ppo_epochs=1, rollout_batch_size=16, mini_batch_size=16)
+    assert PPOArgs(**on, kl_in="loss").on_policy and PPOArgs(**on, kl_in="none").on_policy
+    assert PPOArgs(**on, kl_in="reward", kl_coef=0.0).on_policy
+    for off in (
+        dict(kl_in="reward"),  # the policy's log-probs go into the advantages
+        dict(kl_in="loss", ppo_epochs=2),
+        dict(kl_in="loss", mini_batch_size=8),
+        dict(kl_in="loss", top_k=5),
+        dict(kl_in="loss", estimator="gae", samples_per_prompt=1),
+    ):
+        assert not PPOArgs(**{**on, **off}).on_policy, off
+
+
+def test_on_policy_rollout_skips_the_policy_forward_and_gives_the_same_gradient(tmp_path, monkeypatch):
+    """With one optimiser step per rollout the old log-probs are the new ones, so the rollout scores the reference
+    only and the loss uses its own log-probs detached: the gradient equals the one from explicitly recomputed
+    old log-probs, and the sampler's log-probs (kept for the KL figure) are the policy's own."""
+    import dataclasses
+
+    import posttrain.run.ppo_source as ppo_source
+    from posttrain.objectives.ppo import response_forward
+
+    model, source = grpo_source(tmp_path, rollout_batch_size=16, mini_batch_size=16)
+    assert source.args.on_policy
+
+    def refuse(*a, **k):
+        raise AssertionError("the policy was scored in an on-policy rollout")
+
+    monkeypatch.setattr(ppo_source, "response_forward", refuse)
+    data = source.make_experience()["data"]
+    monkeypatch.undo()
+    mask = data["mask"]
+    model.eval()
+    with torch.no_grad():
+        own, _, _ = response_forward(model, data)
+    torch.testing.assert_close(data["logprobs"] * mask, own * mask, atol=1e-4, rtol=1e-4)
+
+    def grad(objective, batch):
+        model.zero_grad()
+        loss, _ = objective.loss(model, batch)
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    on = objective_for(source.args)
+    assert on.on_policy
+    off = dataclasses.replace(on, on_policy=False)
+    for a, b in zip(grad(on, data), grad(off, {**data, "logprobs": own})):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

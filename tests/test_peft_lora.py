@@ -205,3 +205,53 @@ def test_lora_on_a_tied_head_merges_into_the_head_only(tmp_path, arch):
         warnings.simplefilter("ignore")
         theirs = peft.PeftModel.from_pretrained(tiny_model(arch), str(tmp_path / "adapter"))
         torch.testing.assert_close(theirs(x).logits, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch,dora", [("llama", False), ("gpt2", False), ("llama", True)])
+def test_fused_for_sampling_matches_unfused_and_leaves_weights_untouched(arch, dora):
+    """Inside `fused_for_sampling` each LoRA layer runs one matmul on W + s B A (DoRA's rescaling included): the
+    logits match the two-matmul path, no parameter changes, and the fused copies are gone afterwards, also when
+    the block raises. A disabled adapter is not fused (the base answers)."""
+    from posttrain.peft.lora import fused_for_sampling
+
+    model = apply_peft(tiny_model(arch), lora(r=4, dora=dora))
+    perturb(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = ids()
+    calls = []
+    for m in model.modules():
+        if isinstance(m, LoraLinear):
+            m.lora_A["default"].register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        want = model(x).logits
+        unfused_calls = len(calls)
+        with fused_for_sampling(model) as n:
+            got = model(x).logits
+            assert n == sum(isinstance(m, LoraLinear) for m in model.modules()) > 0
+    assert unfused_calls == n and len(calls) == n  # inside the block no adapter matmul ran
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+    with pytest.raises(RuntimeError), fused_for_sampling(model):
+        raise RuntimeError("boom")
+    assert all(m.fused is None for m in model.modules() if isinstance(m, LoraLinear))
+    with torch.no_grad(), disable_adapters(model), fused_for_sampling(model) as n:
+        assert n == 0
+        base = model(x).logits
+    with torch.no_grad():
+        torch.testing.assert_close(base, tiny_model(arch)(x).logits, atol=0, rtol=0)
+
+
+def test_generate_samples_the_same_tokens_fused_or_not():
+    """`generate` fuses LoRA layers on CPU by default; greedy decoding gives the same tokens either way."""
+    from posttrain.rollout import generate
+    from posttrain.tiny import tiny_tokenizer
+
+    model = apply_peft(tiny_model("llama"), lora(r=4))
+    perturb(model, scale=0.2)
+    prompts = [ids(s, (1, 5))[0].tolist() for s in range(4)]
+    runs = [
+        generate(model, tiny_tokenizer(), prompts, 12, do_sample=False, fuse_lora=fuse)
+        for fuse in (True, False)
+    ]
+    assert runs[0].response_ids == runs[1].response_ids

@@ -46,7 +46,13 @@ LOGIT_TRANSFORMS: tuple[tuple[str, Callable[[torch.Tensor, float], torch.Tensor]
 _PATH_ATTR = "_posttrain_logits_path"
 """Model attribute caching `logits_path` (a LogitsPath; plain data, so copies and adapters keep it valid)."""
 
-Select = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | int | None
+Select = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | int | slice | None
+
+
+def response_columns(R: int) -> slice:
+    """The columns whose hidden states predict the R response tokens of [left-padded prompt | response] rows: the
+    last R + 1 without the final one (column P - 1 + j predicts response token j)."""
+    return slice(-(R + 1), -1)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,13 @@ def head(model: nn.Module) -> nn.Module:
     return out
 
 
+def head_weight(model: nn.Module) -> torch.Tensor:
+    """The LM head's (V, H) weight, also when an adapter wraps the head (LoRA keeps it as `base_layer`)."""
+    lm_head = head(model)
+    w = getattr(lm_head, "weight", None)
+    return w if w is not None else lm_head.base_layer.weight
+
+
 def _config_transforms(model: nn.Module) -> tuple[tuple[str, float], ...]:
     config = model.config.get_text_config()
     found = []
@@ -100,7 +113,7 @@ def apply_transforms(logits: torch.Tensor, transforms: tuple[tuple[str, float], 
 
 
 def _probe_ids(model: nn.Module, n: int = 4) -> torch.Tensor:
-    vocab = head(model).weight.shape[0]
+    vocab = head_weight(model).shape[0]
     device = next(model.parameters()).device
     return (torch.arange(n, device=device) * 7 + 5).remainder(vocab).unsqueeze(0)  # (1, n)
 
@@ -110,7 +123,7 @@ def _agrees(model: nn.Module, transforms: tuple[tuple[str, float], ...]) -> bool
     """Does transforms(head(h)) equal the model's own logits for hidden states h put at the trunk's output?"""
     body, lm_head = trunk(model), head(model)
     ids = _probe_ids(model)
-    weight = lm_head.weight
+    weight = head_weight(model)
     fired = []
 
     def inject(module, args, kwargs, output):
@@ -172,9 +185,14 @@ def _trunk_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pick(x: torch.Tensor, select: Select) -> torch.Tensor:
-    """(B, T, ...) -> the selected positions: (N, ...) for a mask or (rows, cols), (B, k, ...) for an int k."""
+    """(B, T, ...) -> the selected positions: (N, ...) for a mask or (rows, cols), (B, k, ...) for an int k (the last
+    k columns) or a slice of columns. Column picks are made contiguous: a strided (B, k, H) view sent through the
+    LM head runs as a bmm against the expanded weight, measured 10x slower than the one mm (109 vs ~10 ms for
+    16 x 65 x 256 @ 256 x 4096 on one CPU thread)."""
     if isinstance(select, int):
-        return x[:, -select:]
+        return x[:, -select:].contiguous()
+    if isinstance(select, slice):
+        return x[:, select].contiguous()
     if isinstance(select, tuple):
         return x[select[0], select[1]]
     return x[select]
@@ -182,7 +200,8 @@ def _pick(x: torch.Tensor, select: Select) -> torch.Tensor:
 
 def lm_forward(model: nn.Module, batch: dict[str, Any], select: Select = None) -> LMOutput:
     """Hidden states of `batch` (input_ids, attention_mask or attn_mask_4d, position_ids) and fp32 logits at
-    `select`: a (B, T) bool mask, (rows, cols) index tensors, an int k (the last k columns), or None (no logits).
+    `select`: a (B, T) bool mask, (rows, cols) index tensors, an int k (the last k columns), a slice of columns, or
+    None (no logits).
     """
     path = logits_path(model)
     kwargs = _trunk_kwargs(batch)

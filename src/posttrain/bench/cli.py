@@ -30,6 +30,8 @@ class Workload:
     """The throughput key both dicts carry (higher is better)."""
     quality: str = "final_loss"
     """A key both sides report that should agree (compared, not timed)."""
+    anchor_name: str = "anchor"
+    """How the report names the anchor's side."""
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -40,6 +42,12 @@ WORKLOADS: dict[str, Workload] = {
     ),
     "rl-lora": Workload(
         "posttrain.bench.rl:rl_lora_ours", "posttrain.bench.rl:rl_lora_anchor", "completions_per_s"
+    ),
+    "rl-ppo": Workload(  # TRL ships no PPO: PPO's cost against our own GRPO on the same workload
+        "posttrain.bench.rl:rl_ppo_ours",
+        "posttrain.bench.rl:rl_lora_ours",
+        "completions_per_s",
+        anchor_name="our GRPO",
     ),
     "dpo-lora": Workload("posttrain.bench.dpo:run", "posttrain.bench.dpo:anchor", "pairs_per_s"),
 }
@@ -70,6 +78,7 @@ def compare(name: str) -> dict:
         "metric": w.metric,
         "posttrain": ours,
         "anchor": anchor,
+        "anchor_name": w.anchor_name,
         "speedup": ours[w.metric] / anchor[w.metric],
         "rss_ratio": ours["peak_rss_mib"] / anchor["peak_rss_mib"],
     }
@@ -88,7 +97,7 @@ def format_summary(s: dict) -> str:
         f"{s['workload']}: {m}",
         f"  posttrain {o[m]:>10.1f}   peak RSS {o['peak_rss_mib']:>7.0f} MiB   wall {o['wall_s']:.1f} s   "
         f"final_loss {o.get('final_loss', float('nan')):.4f}",
-        f"  anchor    {a[m]:>10.1f}   peak RSS {a['peak_rss_mib']:>7.0f} MiB   wall {a['wall_s']:.1f} s   "
+        f"  {s.get('anchor_name', 'anchor'):<9} {a[m]:>10.1f}   peak RSS {a['peak_rss_mib']:>7.0f} MiB   wall {a['wall_s']:.1f} s   "
         f"final_loss {a.get('final_loss', float('nan')):.4f}",
         f"  speedup {s['speedup']:.2f}x   RSS ratio {s['rss_ratio']:.2f}"
         + (f"   final_loss rel diff {100 * s['quality_rel_diff']:.2f}%" if "quality_rel_diff" in s else "")

@@ -1,7 +1,8 @@
 """Benchmarks `rollout` and `rl-lora` (BENCHMARKS.md), ours and the anchor's side, each returning one dict.
 
     posttrain bench rollout            # our decode loop vs transformers generate(): new tokens / s (target >= 1.5x)
-    posttrain bench rl-lora            # our PPO (+ value head) + LoRA vs TRL GRPO + PEFT: completions / s (>= 1x)
+    posttrain bench rl-lora            # our GRPO + LoRA vs TRL GRPOTrainer + PEFT, same settings: completions / s
+    posttrain bench rl-ppo             # our PPO (+ value head) on the same workload, against our GRPO (no TRL PPO)
     posttrain bench rollout --json     # our side alone; the last line is its JSON
 
 The anchors' sides copy /work/shared/bench/anchor_generate.py and anchor_grpo.py exactly: the tiny Llama (vocab
@@ -82,25 +83,38 @@ def share_below_100(prompts, responses, response_ids=None, **meta) -> list[float
     return [sum(t < 100 for t in ids) / max(1, len(ids)) for ids in response_ids]
 
 
-def rl_lora_ours() -> dict[str, Any]:
-    """PPO with a shared-trunk value head (so one more forward than GRPO per rollout), KL coef 0.04 like the anchor's
-    beta, through the one training loop."""
+RL_SETTINGS = dict(
+    rollout_batch_size=16,
+    samples_per_prompt=4,
+    mini_batch_size=16,
+    ppo_epochs=1,
+    max_new_tokens=64,
+    kl_coef=0.04,
+)
+"""Both rl-lora sides: 16 completions (4 prompts x 4) per rollout and per optimiser step, 1 pass, 64 new tokens,
+KL coefficient 0.04 (TRL's beta)."""
+
+GRPO_AS_TRL = dict(
+    estimator="grpo",
+    scale_rewards=True,  # TRL scale_rewards="group"
+    loss_aggregation="token_mean",  # TRL loss_type="dapo": every token of the step alike
+    kl_in="loss",
+    kl_estimator="k3",  # TRL's per-token KL term with beta > 0
+    cliprange=0.2,  # TRL epsilon (epsilon_high None: the same)
+)
+"""Our GRPO with the anchor's GRPOConfig defaults (TRL 1.16), so rl-lora compares one algorithm."""
+
+
+def _rl_run(workload: str, estimator: dict[str, Any]) -> dict[str, Any]:
     from posttrain.config import TrainConfig
-    from posttrain.objectives.ppo import PolicyWithValue, PPOObjective
+    from posttrain.objectives.ppo import PolicyWithValue
     from posttrain.peft import apply_peft
-    from posttrain.run.ppo import PPOArgs, PPOSource, PromptRow
+    from posttrain.run.ppo import PPOArgs, PPOSource, PromptRow, objective_for
     from posttrain.train.loop import fit
 
     tok = anchor_tokenizer()
     model = PolicyWithValue(apply_peft(bench_model(), lora_peft()))
-    args = PPOArgs(
-        rollout_batch_size=16,
-        samples_per_prompt=4,
-        mini_batch_size=16,
-        ppo_epochs=1,
-        max_new_tokens=64,
-        kl_coef=0.04,
-    )
+    args = PPOArgs(**RL_SETTINGS, **estimator)
 
     def reward(rows, texts, response_ids):
         return share_below_100(None, texts, response_ids=response_ids)
@@ -120,25 +134,36 @@ def rl_lora_ours() -> dict[str, Any]:
         epochs=1.0,
         batch_size=16,
         lr=1e-4,
-        schedule="linear",
+        schedule="linear",  # TRL: linear decay, no warmup, max_grad_norm 1.0, no weight decay
         progress=False,
         resume=False,
         mixed_precision="no",
         log_every=1000,
     )
     t = time.perf_counter()
-    steps = fit(model, PPOObjective(), source, cfg, out)["steps"]
+    steps = fit(model, objective_for(args), source, cfg, out)["steps"]
     wall = time.perf_counter() - t
     n = steps * args.rollout_batch_size
     return result(
         "posttrain",
-        "rl-lora",
+        workload,
         completions=n,
         steps=steps,
         completions_per_s=n / wall,
         wall_s=wall,
         last_reward=source.stats().get("reward"),
     )
+
+
+def rl_lora_ours() -> dict[str, Any]:
+    """GRPO (group-normalised rewards, k3 KL in the loss, token-mean loss) through the one training loop."""
+    return _rl_run("rl-lora", GRPO_AS_TRL)
+
+
+def rl_ppo_ours() -> dict[str, Any]:
+    """PPO with a shared-trunk value head (GAE, k1 KL in the reward): the chapter's algorithm, which TRL no longer
+    ships, so this row has no anchor; it is compared with our GRPO on the same workload."""
+    return _rl_run("rl-ppo", {})
 
 
 def rl_lora_anchor() -> dict[str, Any]:

@@ -79,8 +79,14 @@ def anchor_tokenizer():
 
 
 def anchor_args() -> dict[str, Any]:
-    """Keyword arguments every TRL anchor config shares: CPU, no saving, no logging, no progress bar, seed 0."""
+    """Keyword arguments every TRL anchor config shares: CPU, fp32, no saving, no logging, no progress bar, seed 0.
+
+    fp32 because the workloads are fp32 (BENCHMARKS.md) and posttrain's side is: TRL 1.16 configs default to
+    bf16=True, i.e. bf16 autocast even on CPU, which is 5x slower on a CPU without native bf16 (AMD EPYC, AVX2:
+    TRL GRPO 0.86 vs 4.44 completions/s over 3 steps) and faster on one with AMX, so the default made the ratio
+    depend on the machine and compare two precisions."""
     return {
+        "bf16": False,
         "output_dir": tempfile.mkdtemp(prefix="bench-anchor-"),
         "logging_steps": 1000,
         "save_strategy": "no",

@@ -1,5 +1,6 @@
 """The demo's alignment stages: K sampled responses ranked by the gold labeller, the reward model, PPO and DPO from
-the best SFT model, each scored by mean gold reward and KL to SFT. A mixin of `pipeline.Pipeline` (which holds the
+the best SFT model, and GRPO with the task answers as a verifiable reward (RLVR), each scored by mean gold reward,
+held-out accuracy and KL to SFT. A mixin of `pipeline.Pipeline` (which holds the
 world, the evaluator, the settings and the directories these stages read).
 """
 
@@ -157,3 +158,27 @@ class AlignmentStages:
             dpo.run(load_config(dpo.DPOConfig, None, ov))
         self.report["dpo"]["wall_s"] = round(m.wall_s, 1)
         self._gold(out / "final", "dpo")
+
+    def stage_grpo(self) -> None:
+        """RL with a verifiable reward: GRPO from the best SFT model on training-task prompts, rewarded 1 when a
+        response is the prompt's answer (the built-in `normalized` checker against `meta.answer`), no reward
+        model. KL (k3) to the SFT model in the loss."""
+        self._need("best_dir")
+        ppo = runner("posttrain.run.ppo")
+        from posttrain.config import load_config
+
+        rng = random.Random(f"{self.s.seed}:grpo")
+        pool = [it for t in TRAIN_TASKS for it in self.world.items(t, "train")]
+        n = self.s.grpo_steps * self.s.grpo_rollout // self.s.grpo_k
+        items = rng.sample(pool, min(n, len(pool)))
+        data = write_jsonl(
+            [{"prompt": it.prompt, "meta": {"answer": it.answer, "kind": it.meta["kind"]}} for it in items],
+            self.out / "data" / "grpo_prompts.jsonl",
+        )
+        out = self.out / "grpo"
+        ov = self._overrides(str(self.best_dir), str(data), str(out), self.s.grpo_train)
+        ov += [f"ppo.{k}={v}" for k, v in self.s.grpo_args.items()]
+        with Measure() as m:
+            ppo.run(load_config(ppo.GRPOConfig, None, ov))
+        self.report["grpo"]["wall_s"] = round(m.wall_s, 1)
+        self._gold(out / "final", "grpo")

@@ -1,7 +1,8 @@
 """`posttrain demo`: the whole adaptation pipeline on the embedded world, stage by stage, into one directory.
 
     base -> data -> sft (full, lora, adapter, prefix, prompt; one step budget) -> scaling (full tuning on the first
-    k training tasks) -> rank (K samples, gold labeller) -> rm -> ppo, dpo   (the last four: `alignment.py`)
+    k training tasks) -> rank (K samples, gold labeller) -> rm -> ppo, dpo -> grpo (checked answers as the reward)
+    (the last five: `alignment.py`)
 
 Every stage calls the package's public runners in-process (`posttrain.run.sft.run(cfg)` etc. with configs built by
 `load_config`), writes into DIR, and records its status, wall time and numbers in the report. A stage whose module is
@@ -68,6 +69,7 @@ class Pipeline(AlignmentStages):
             "rm": {},
             "ppo": {},
             "dpo": {},
+            "grpo": {},
             "sft_best": {},
         }
         self.base_dir: Path | None = None
@@ -91,6 +93,7 @@ class Pipeline(AlignmentStages):
             ("rm", self.stage_rm),
             ("ppo", self.stage_ppo),
             ("dpo", self.stage_dpo),
+            ("grpo", self.stage_grpo),
         ):
             if stages is None or name in stages:
                 self._stage(name, fn)

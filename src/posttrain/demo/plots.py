@@ -1,7 +1,7 @@
 """The demo's PNG plots: loss curves per family, PPO per rollout, the PEFT trade-off (accuracy against trainable
 parameters) and task scaling (held-out-task accuracy against the number of training tasks).
 
-    plots(report, out_dir)   # -> ["loss_curves.png", "ppo.png", "peft.png", "tradeoff.png", "task_scaling.png"]
+    plots(report, out_dir)   # -> ["loss_curves.png", "ppo.png", "grpo.png", "peft.png", "tradeoff.png", ...]
 """
 
 from __future__ import annotations
@@ -105,6 +105,22 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
     fig.savefig(out / "ppo.png", dpi=100)
     made.append("ppo.png")
     plt.close(fig)
+
+    rows = _metrics(out / "grpo" / "metrics.jsonl")  # one rollout per step: every step is a new point
+    if rows:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for ax, key, title in (
+            (axes[0], "reward", "GRPO: share of sampled answers right\n(the verifiable reward) per rollout"),
+            (axes[1], "kl", "KL to SFT per rollout (nats; a sampled\nlog-ratio estimate, can dip below 0)"),
+        ):
+            if key in _keys(rows):
+                ax.plot(*_series(rows, key), marker="o", markersize=3, linewidth=1)
+            ax.set(xlabel="GRPO step", title=title)
+        axes[1].axhline(0.0, color="grey", linewidth=0.5)
+        fig.tight_layout()
+        fig.savefig(out / "grpo.png", dpi=100)
+        made.append("grpo.png")
+        plt.close(fig)
 
     sft = {m: r for m, r in report.get("sft", {}).items() if "seen_accuracy" in r}
     fig, axes = plt.subplots(1, 4, figsize=(12, 3))

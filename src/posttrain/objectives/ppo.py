@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from posttrain.data.schema import PromptRow
-from posttrain.modeling import head, lm_forward, token_logprobs
+from posttrain.modeling import head_weight, lm_forward, response_columns, token_logprobs  # noqa: F401 (re-exported)
 from posttrain.objectives.advantages import aggregate, kl_estimate, masked_mean, whiten
 from posttrain.objectives.ppo_args import PPOArgs
 
@@ -161,7 +161,7 @@ class AdaptiveKL:
 
 
 def _hidden_size(model: nn.Module) -> int:
-    return head(model).weight.shape[-1]
+    return head_weight(model).shape[-1]
 
 
 class PolicyWithValue(nn.Module):
@@ -189,29 +189,51 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.v_head.bias)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, keep: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and values of the last `keep` positions: (B, keep, V), (B, keep) float32."""
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cols: int | slice,
+        tokens: torch.Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> tuple[Any, torch.Tensor]:
+        """At columns `cols` (an int k: the last k; or a slice): the logits (B, C, V), or with `tokens` (B, C) their
+        (log-probs, entropies) (B, C) each, chunked through the head (`posttrain.head_logprobs`); and the values
+        (B, C) float32."""
+        from posttrain.head_logprobs import column_logprobs
+
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        out = lm_forward(self.policy, batch, select=keep)
-        hidden = out.hidden
+        cols = slice(-cols, None) if isinstance(cols, int) else cols
+        if tokens is None:
+            out = lm_forward(self.policy, batch, select=cols)
+            scores, hidden = out.logits, out.hidden
+        else:
+            logp, ent, hidden = column_logprobs(self.policy, batch, cols, tokens, temperature, entropy=True)
+            scores = (logp, ent)
         if self.critic is not None:
             hidden = lm_forward(self.critic, batch).hidden
-        values = self.v_head(hidden[:, -keep:].float()).squeeze(-1)
-        return out.logits, values
+        values = self.v_head(hidden[:, cols].float()).squeeze(-1)
+        return scores, values
 
 
 def response_forward(
-    model: PolicyWithValue, batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and values aligned with the response tokens: (B, R, V), (B, R).
+    model: PolicyWithValue, batch: dict[str, torch.Tensor], temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs of the response tokens at `temperature`, their entropies (no grad) and the values: (B, R) each.
 
     Rows are [left-padded prompt (P) | response (R)], so the distribution over response token j comes from column
-    P - 1 + j: the last R + 1 columns without the final one.
+    P - 1 + j: the last R + 1 columns without the final one (`response_columns`).
     """
-    R = batch["response"].shape[1]
-    logits, values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], keep=R + 1)
-    return logits[:, :-1], values[:, :-1]
+    cols = response_columns(batch["response"].shape[1])
+    (logp, ent), values = model(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["position_ids"],
+        cols,
+        batch["response"],
+        temperature,
+    )
+    return logp, ent, values
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -244,6 +266,8 @@ class PPOObjective:
     kl_estimator: str = "k3"
     critic: bool = True
     """False for the critic-free estimators: no value loss."""
+    on_policy: bool = False
+    """The minibatch is the whole rollout, trained once (`PPOArgs.on_policy`): old log-probs = new ones detached."""
 
     def units(self, batch: dict[str, Any]) -> int:
         if self.aggregation == "token_mean":
@@ -252,10 +276,10 @@ class PPOObjective:
 
     def loss(self, model: PolicyWithValue, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch["mask"]
-        logits, values = response_forward(model, batch)
-        logp = token_logprobs(logits, batch["response"], self.temperature)
+        logp, ent, values = response_forward(model, batch, self.temperature)
+        old = logp.detach() if self.on_policy else batch["logprobs"]
         per_token, clipped = clipped_surrogate(
-            logp, batch["logprobs"], batch["advantages"], self.cliprange, self.cliprange_high
+            logp, old, batch["advantages"], self.cliprange, self.cliprange_high
         )
         pg, _ = aggregate(per_token, mask, self.aggregation, self.max_len)
         loss = pg
@@ -276,8 +300,8 @@ class PPOObjective:
         with torch.no_grad():  # logged as the loss is averaged: per token, or per response's token mean
             for key, per in (
                 ("clipfrac", clipped.float()),
-                ("approx_kl", 0.5 * (logp - batch["logprobs"]) ** 2),
-                ("entropy", entropy(logits, self.temperature)),
+                ("approx_kl", 0.5 * (logp - old) ** 2),
+                ("entropy", ent),
             ):
                 metrics[key] = aggregate(per, mask, self.aggregation, self.max_len)[0].item()
         if self.ptx_coef > 0 and "ptx" in batch:

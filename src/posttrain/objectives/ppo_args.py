@@ -126,3 +126,19 @@ class PPOArgs:
     @property
     def critic_free(self) -> bool:
         return self.estimator != "gae"
+
+    @property
+    def on_policy(self) -> bool:
+        """One optimiser step per rollout batch of unbiased samples, no value model and no policy log-probs in the
+        rewards: the policy that sampled is the one that trains, so the loss takes the old log-probs as the new
+        ones detached (ratio exactly 1, as TRL's GRPO with num_iterations=1) and the rollout skips the policy's
+        scoring forward (its KL figure uses the sampler's log-probs)."""
+        return (
+            self.critic_free
+            and self.ppo_epochs == 1
+            and self.mini_batch_size == self.rollout_batch_size
+            and (self.kl_in != "reward" or (self.kl_coef == 0 and not self.adaptive_kl))
+            and self.top_k == 0
+            and self.top_p == 1.0
+            and self.min_new_tokens == 0
+        )

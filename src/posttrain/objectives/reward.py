@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from posttrain.checks import NON_NEGATIVE, at_least
-from posttrain.modeling import head, label_positions, lm_forward, sum_per_row, token_logprobs
+from posttrain.modeling import head_weight, label_positions, lm_forward, sum_per_row, token_logprobs
 
 
 @dataclass
@@ -114,7 +114,7 @@ class RewardModel(nn.Module):
         super().__init__()
         self.lm = lm  # kept whole so adapters save and load the usual way
         self.likelihood_coef = likelihood_coef
-        hidden = head(lm).weight.shape[-1]  # what the trunk outputs (OPT may project it)
+        hidden = head_weight(lm).shape[-1]  # what the trunk outputs (OPT may project it)
         # no bias: Bradley-Terry and Plackett-Luce are shift-invariant (a bias gets no gradient), and transformers'
         # sequence-classification heads have none, so the head saves as their `score`
         self.score_head = nn.Linear(hidden, 1, bias=False)

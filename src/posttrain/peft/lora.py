@@ -10,6 +10,7 @@ Parameter names match PEFT (`q_proj.lora_A.default.weight`), so PEFT checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -50,6 +51,7 @@ class LoraLinear(Tuner):
         self.lora_magnitude_vector = nn.ParameterDict()
         self.scaling: dict[str, float] = {}
         self.merged: str | None = None  # name of the adapter merged into base_layer.weight
+        self.fused: torch.Tensor | None = None  # W + s B A while `fused_for_sampling` holds (no grad)
 
     def add(self, name: str, cfg: LoraConfig) -> None:
         w = self.base_layer.weight
@@ -96,6 +98,8 @@ class LoraLinear(Tuner):
 
     # ---- forward
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.fused is not None:
+            return F.linear(x, self.fused, self.base_layer.bias)
         result = self.base_layer(x, *args, **kwargs)
         name = self.active
         if self.disabled or self.merged is not None or name not in self.lora_A:
@@ -137,6 +141,34 @@ class LoraLinear(Tuner):
         self.base_layer.weight.copy_(self.original_weight)
         del self.original_weight
         self.merged = None
+
+    def can_fuse(self) -> bool:
+        """True when the active adapter can be folded into a float copy of the base weight."""
+        w = self.base_layer.weight
+        return (
+            not self.disabled
+            and self.merged is None
+            and self.active in self.lora_A
+            and w.is_floating_point()
+            and (type(self.base_layer) is nn.Linear or self.fan_in_fan_out)  # not a quantised subclass
+        )
+
+
+@contextlib.contextmanager
+def fused_for_sampling(model: nn.Module) -> Iterator[int]:
+    """Inside the block every LoRA layer computes x (W + s B A)^T in one matmul from a fused copy of its weight
+    (the base weight is not touched, so nothing drifts), instead of W x + s B (A x): decoding a batch of 16 on CPU
+    was 1.5x slower with the adapter's two extra matmuls per projection. For no-grad sampling only: dropout is
+    skipped and the copy takes the targeted weights' memory once more. Yields how many layers were fused."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear) and m.can_fuse()]
+    try:
+        with torch.no_grad():
+            for m in layers:
+                m.fused = m.merged_weight(m.active).to(m.base_layer.weight.dtype)
+        yield len(layers)
+    finally:
+        for m in layers:
+            m.fused = None
 
 
 _INTERNAL = {

@@ -242,6 +242,7 @@ def objective_for(a: PPOArgs) -> PPOObjective:
         kl_coef=a.kl_coef if a.kl_in == "loss" else 0.0,
         kl_estimator=a.kl_estimator,
         critic=not a.critic_free,
+        on_policy=a.on_policy,
     )
 
 

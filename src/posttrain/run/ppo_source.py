@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from posttrain.data.schema import PromptRow
-from posttrain.modeling import lm_forward, token_logprobs
+from posttrain.head_logprobs import column_logprobs
+from posttrain.modeling import response_columns
 from posttrain.objectives.advantages import equal_groups, group_advantages, kl_estimate, returns_to_go
 from posttrain.objectives.ppo import (
     PolicyWithValue,
@@ -171,23 +172,26 @@ class PPOSource:
         return [row for row in out for _ in range(self.args.samples_per_prompt)]
 
     @torch.no_grad()
-    def _score_tokens(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Policy and reference log-probs and values of the sampled responses, `micro` rows at a time."""
+    def _score_tokens(self, data: dict[str, torch.Tensor], policy: bool = True) -> dict[str, torch.Tensor]:
+        """Policy and reference log-probs and values of the sampled responses, `micro` rows at a time; with
+        `policy` False (on-policy critic-free training) the reference's only."""
         model, T = self.model, self.args.temperature
         was_training = model.training
         model.eval()
-        out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": []}
+        out: dict[str, list[torch.Tensor]] = {"ref_logprobs": []}
+        if policy:
+            out.update(logprobs=[], values=[])
         try:
             for s in range(0, data["input_ids"].shape[0], self.micro):
                 batch = {k: v[s : s + self.micro].to(self.device) for k, v in data.items()}
-                logits, values = response_forward(model, batch)
-                out["logprobs"].append(token_logprobs(logits, batch["response"], T).cpu())
-                out["values"].append(values.float().cpu())
-                del logits
+                if policy:
+                    logp, _, values = response_forward(model, batch, T)
+                    out["logprobs"].append(logp.cpu())
+                    out["values"].append(values.float().cpu())
                 with self._reference() as ref:
-                    R = batch["response"].shape[1]
-                    ref_logits = lm_forward(ref, batch, select=R + 1).logits[:, :-1]
-                out["ref_logprobs"].append(token_logprobs(ref_logits, batch["response"], T).cpu())
+                    cols = response_columns(batch["response"].shape[1])
+                    ref_logp, _, _ = column_logprobs(ref, batch, cols, batch["response"], T)
+                out["ref_logprobs"].append(ref_logp.cpu())
         finally:
             model.train(was_training)
         return {k: torch.cat(v) for k, v in out.items()}
@@ -249,8 +253,13 @@ class PPOSource:
             generator=self.generator,
         )
         data = prompt_response_rows([r.ids for r in rows], ro.response_ids, self.pad_id)
-        data.update(self._score_tokens(data))
+        data.update(self._score_tokens(data, policy=not a.on_policy))
         mask = data["mask"]
+        if a.on_policy:  # the loss detaches its own log-probs; the sampler's serve the KL figure
+            data["logprobs"] = torch.zeros(mask.shape)
+            for i, lp in enumerate(ro.logprobs):
+                data["logprobs"][i, : len(lp)] = torch.tensor(lp)
+            data["values"] = torch.zeros_like(data["logprobs"])
         scores = torch.tensor(self.reward(rows, ro.texts, ro.response_ids), dtype=torch.float32)
         extra = self._advantages(data, scores)
         mean_kl = extra.pop("kl")

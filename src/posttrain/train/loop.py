@@ -25,6 +25,7 @@ from posttrain.atomic import atomic_dir
 from posttrain.config import TrainConfig, to_dict
 from posttrain.errors import UserError
 from posttrain.train import checkpoint, distributed
+from posttrain.train.host_memory import keep_freed_host_memory
 from posttrain.train.log import MetricsLog, progress_bar
 from posttrain.train.optim import build_optimizer, build_scheduler
 from posttrain.train.protocols import PADDING
@@ -347,6 +348,8 @@ def fit(
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if next(model.parameters()).device.type == "cpu":
+        keep_freed_host_memory()
     random.seed(
         cfg.seed
     )  # dropout and anything else drawn while training starts from the seed (a resumed run
