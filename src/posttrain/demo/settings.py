@@ -1,7 +1,8 @@
 """Every knob of `posttrain demo` in one place: the full run and the `--quick` smoke run.
 
 Budgets aimed at 2 CPU cores: full <= 15 min, quick <= 3 min (the base model is cached after its first run); on the
-slow 2-core development machine the full run measured 889 s on seed 0 (docs/demo.md).
+slow 2-core development machine the full run measured 889 s on seed 0 before the GRPO stage, 909 s with it
+(docs/demo.md).
 """
 
 from __future__ import annotations
