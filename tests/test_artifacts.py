@@ -115,7 +115,7 @@ def test_reward_models_load_in_transformers_and_peft(tmp_path):
         cfg = SFTConfig(model=str(root / "base"))
         cfg.peft.method = "lora" if name == "lora" else "none"
         torch.manual_seed(0)
-        lm = apply_peft(load_model(cfg.model, dtype="fp32", device="cpu"), cfg.peft)
+        lm = apply_peft(load_model(cfg.model.name, dtype="fp32", device="cpu"), cfg.peft)
         rm = perturbed(RewardModel(lm), seed=3, scale=0.1 if name == "lora" else 0.01).eval()
         want[name] = rm.score(ids, mask).tolist()
         save_reward_model(rm, tiny_tokenizer(), cfg, root / "rm")

@@ -129,7 +129,9 @@ def test_print_config_resolves_file_and_overrides(work, tmp_path, capsys):
     cfg.write_text("model: m\ntrain:\n  lr: 0.001\n  epochs: 2\n")
     assert main(["--config", str(cfg), "--print-config", "train.lr=3e-4", "peft.method=lora"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"] == "m" and printed["train"]["lr"] == 3e-4 and printed["train"]["epochs"] == 2
+    assert (
+        printed["model"]["name"] == "m" and printed["train"]["lr"] == 3e-4 and printed["train"]["epochs"] == 2
+    )
     assert printed["peft"]["method"] == "lora"
 
 
@@ -138,7 +140,7 @@ def test_example_config_is_valid():
 
     path = Path(__file__).resolve().parents[1] / "configs" / "sft_example.yaml"
     cfg = load_config(SFTConfig, path)
-    assert cfg.model and cfg.data and cfg.train.max_length > 0
+    assert cfg.model.name and cfg.data and cfg.train.max_length > 0
 
 
 def test_kill_and_resume_matches_uninterrupted(work, tmp_path):

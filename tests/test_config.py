@@ -46,7 +46,10 @@ def test_yaml_then_overrides(tmp_path):
         SFTConfig, path, ["train.lr=3e-4", "train.packing=true", "peft.lora.target_modules=[q_proj]"]
     )
     assert (
-        cfg.model == "m" and cfg.train.lr == 3e-4 and cfg.train.batch_size == 4 and cfg.train.packing is True
+        cfg.model.name == "m"
+        and cfg.train.lr == 3e-4
+        and cfg.train.batch_size == 4
+        and cfg.train.packing is True
     )
     assert cfg.peft.method == "lora" and cfg.peft.lora.target_modules == ["q_proj"]
     assert cfg.train.max_length == TrainConfig().max_length  # untouched default

@@ -42,7 +42,11 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimiser step. Loss is normalised over the whole step, so batch x accum is what counts."""
     lr: float = 1e-4
-    """Peak learning rate (AdamW)."""
+    """Peak learning rate."""
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = "adamw"
+    """adamw (torch, fused where it can be) | adamw_8bit (bitsandbytes: moments in 8 bits, block-wise, 75% less optimiser
+    memory) | paged_adamw | paged_adamw_8bit (states in CUDA unified memory that pages to the host under memory
+    pressure; on CPU the same as unpaged). The bitsandbytes ones need the [qlora] extra."""
     lr_scale: dict[str, float] = field(default_factory=dict)
     """Learning-rate factors by parameter name, {glob: factor}, first match wins (unmatched: 1). E.g. trainable token
     rows slower than a prefix, {"*trainable_tokens*": 0.05}, or LoRA+ (B faster than A), {"*lora_B*": 16}."""
@@ -115,12 +119,59 @@ class TrainConfig:
         return bad + [("betas", "two numbers in [0, 1)") for b in self.betas if not FRACTION.ok(b)][:1]
 
 
+ATTN_IMPLEMENTATIONS = (
+    "auto",
+    "eager",
+    "sdpa",
+    "flash_attention_2",
+    "flash_attention_3",
+    "flash_attention_4",
+    "flex_attention",
+)
+"""What `model.attn_implementation` accepts besides a Hub kernel repo ("kernels-community/flash-attn")."""
+
+
+@dataclass
+class ModelConfig:
+    """What to load and how: `model: NAME` (the shorthand) or a section with `name` and the keys below.
+
+    model=Qwen/Qwen2.5-0.5B model.quantization=nf4 peft.method=lora      # QLoRA
+    """
+
+    name: str = ""
+    """Model directory or Hub name."""
+    quantization: Literal["none", "nf4", "fp4", "int8"] = "none"
+    """Load the base quantised through bitsandbytes (frozen; adapters train in compute_dtype): none | nf4 | fp4
+    (4-bit, QLoRA) | int8 (LLM.int8()). Needs a PEFT method and the [qlora] extra."""
+    double_quant: bool = True
+    """4-bit: quantise the quantisation constants too (QLoRA's double quantisation, ~0.4 bits per weight less)."""
+    compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """4-bit: the dtype weights are dequantised to for each matmul, and the adapters' dtype (auto: the run's dtype)."""
+    attn_implementation: str = "auto"
+    """Attention kernel passed to transformers: auto (sdpa where the architecture has it, else eager) | eager | sdpa |
+    flash_attention_2 | flash_attention_3 | flash_attention_4 | flex_attention | a Hub kernel repo (owner/name).
+    The flash kernels need their package (flash-attn) and a GPU; a missing one is one error line at load."""
+
+    shorthand: ClassVar[str] = "name"
+    """A plain value given for the section (`model: ./dir`) sets this field."""
+
+    def check(self) -> list[tuple[str, str]]:
+        a = self.attn_implementation
+        if a not in ATTN_IMPLEMENTATIONS and a.count("/") != 1:
+            return [("attn_implementation", " | ".join(ATTN_IMPLEMENTATIONS) + " | owner/kernel-repo")]
+        return []
+
+    def __str__(self) -> str:  # what a model card or log line names
+        return self.name
+
+
 @dataclass
 class RunConfig:
     """Fields every training command shares: what to load, what to train on, where to write."""
 
-    model: str = ""
-    """Model directory or Hub name."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model directory or Hub name (`model: NAME`), or a section: name, quantization, double_quant, compute_dtype,
+    attn_implementation."""
     tokenizer: str | None = None
     """Tokenizer directory or Hub name (default: same as model)."""
     adapter: str | None = None
@@ -152,6 +203,20 @@ class RunConfig:
 
     checks: ClassVar[dict] = {"eval_fraction": FRACTION}
 
+    def __post_init__(self) -> None:
+        if isinstance(self.model, str):  # the Python API's SFTConfig(model="dir")
+            self.model = ModelConfig(name=self.model)
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.model.quantization != "none" and self.peft.method == "none" and not self.adapter:
+            return [
+                (
+                    "model.quantization",
+                    "used with a PEFT method (a quantised base stays frozen: peft.method=lora)",
+                )
+            ]
+        return []
+
 
 @dataclass
 class SFTConfig(RunConfig):
@@ -171,8 +236,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        short = getattr(tp, "shorthand", None)
+        if short and not isinstance(value, (dict, list)):
+            value = {SCALAR: value}
+        if not isinstance(value, dict) or (SCALAR in value and not short):
+            shown = value.get(SCALAR, value) if isinstance(value, dict) else value
+            raise ConfigError(f"{key}: expected a mapping, got {shown!r}")
+        if (
+            SCALAR in value
+        ):  # the plain value and `name` both given: the later one wins (merge keeps recency order)
+            named: dict[str, Any] = {}
+            for k, v in value.items():
+                named.pop(short if k == SCALAR else k, None)
+                named[short if k == SCALAR else k] = v
+            value = named
         return from_dict(tp, value, prefix=f"{key}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -199,7 +276,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or SCALAR in value:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is bool:
@@ -271,7 +348,10 @@ def check_values(obj: Any, prefix: str = "") -> None:
         bad += obj.check()
     if bad:
         name, expected = bad[0]
-        raise ConfigError(f"{prefix}{name}: must be {expected}, got {getattr(obj, name)!r}")
+        value = obj
+        for part in name.split("."):  # a check on a nested field names it dotted ("model.quantization")
+            value = getattr(value, part)
+        raise ConfigError(f"{prefix}{name}: must be {expected}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -285,6 +365,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         return v
 
     return clean(dataclasses.asdict(cfg))
+
+
+SCALAR = ""
+"""The key a section's plain value is kept under when keys of the section are given too (`model=DIR` with
+`model.quantization=nf4`); the section's `shorthand` field takes it."""
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -301,21 +386,33 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
+            if p in node and not isinstance(node[p], (dict, list)):
+                node[p] = {SCALAR: node[p]}  # `model=DIR model.quantization=nf4`
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{p}' is not a section")
-        node[parts[-1]] = value
+        last = parts[-1]
+        if isinstance(node.get(last), dict) and not isinstance(value, (dict, list)):
+            node[last][SCALAR] = value  # `model.quantization=nf4 model=DIR`
+        else:
+            node[last] = value
     return out
 
 
 def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; `top` wins."""
+    """Recursive dict merge; `top` wins. A plain value meeting a section (`model: DIR` in the file,
+    `model.quantization=nf4` on top, or the reverse) is kept under SCALAR inside it, for the section's shorthand;
+    in such a section keys set by `top` move to the end, so that the later of SCALAR and the shorthand field wins."""
     out = dict(base)
     for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
+        old = out.get(k)
+        if isinstance(v, dict) and old is not None and not isinstance(old, (dict, list)):
+            old = {SCALAR: old}
+        if isinstance(old, dict) and v is not None and not isinstance(v, (dict, list)) and old:
+            v = {SCALAR: v}
+        if k == SCALAR or SCALAR in out:  # re-inserted last: the later of SCALAR and `name` wins
+            out.pop(k, None)
+        out[k] = merge(old, v) if isinstance(v, dict) and isinstance(old, dict) else v
     return out
 
 

@@ -110,24 +110,74 @@ def load_model(
     device: str = "auto",
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    quantization: str = "none",
+    double_quant: bool = True,
+    compute_dtype: str = "auto",
 ) -> PreTrainedModel:
     """AutoModelForCausalLM from a local directory or a Hub name, on `device` in `dtype`.
 
-    `attn_implementation` None lets transformers pick (sdpa where the architecture supports it, else eager:
-    Gemma 2, gpt-oss and Bloom have no sdpa kernel)."""
+    `attn_implementation` None (or "auto") lets transformers pick (sdpa where the architecture supports it, else
+    eager: Gemma 2, gpt-oss and Bloom have no sdpa kernel). `quantization` nf4 | fp4 | int8 loads the linears of the
+    decoder quantised by bitsandbytes (`posttrain.quant`), frozen; `compute_dtype` (auto: `dtype` resolved) is what
+    4-bit weights are dequantised to for each matmul. The rest of the model (embeddings, norms, LM head) is `dtype`.
+    `model_options(cfg.model)` gives the last four from a config's `model` section."""
+    from posttrain.quant import bnb_config
+
     dev = resolve_device(device)
-    kwargs = dict(dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code)
-    if attn_implementation:
+    weights = resolve_dtype(dtype, dev)
+    kwargs = dict(dtype=weights, trust_remote_code=trust_remote_code)
+    if attn_implementation and attn_implementation != "auto":
         kwargs["attn_implementation"] = attn_implementation
+    quant = bnb_config(
+        quantization, double_quant, weights if compute_dtype == "auto" else resolve_dtype(compute_dtype, dev)
+    )
+    if (
+        quant is not None
+    ):  # bitsandbytes quantises while the weights are placed: load onto the device directly
+        kwargs.update(quantization_config=quant, device_map={"": dev})
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except ImportError as e:  # an attention kernel or quantisation backend that is not installed
+        what = (
+            f"model.attn_implementation={attn_implementation}" if kwargs.get("attn_implementation") else name
+        )
+        raise UserError(f"{what}: cannot load {name} ({' '.join(str(e).split())[:300]})") from None
     except LOAD_ERRORS as e:
+        if "attn_implementation" in str(e):
+            raise UserError(
+                f"model.attn_implementation={attn_implementation}: not supported for {name} ("
+                + " ".join(str(e).split())[:200]
+                + ")"
+            ) from None
         raise not_a_model(name, e) from None
-    model = model.to(dev)
+    if quant is None:
+        model = model.to(dev)
+    else:
+        from posttrain.quant import one_kernel, quantized_linears
+
+        if not quantized_linears(
+            model
+        ):  # transformers skips linears of other classes (Falcon's FalconLinear)
+            kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Linear)})
+            raise UserError(
+                f"model.quantization={quantization}: transformers quantised none of {name}'s linear layers"
+                f" ({', '.join(kinds)}); load it unquantised"
+            )
+        one_kernel(model)
     emb = model.get_input_embeddings()
     if emb is not None:  # what `posttrain.peft.io` compares with to tell that tokens were added
         model.__dict__["_posttrain_loaded_vocab"] = emb.weight.shape[0]
     return model
+
+
+def model_options(model_cfg) -> dict:
+    """`load_model` keywords from a config's `model` section (`posttrain.config.ModelConfig`)."""
+    return dict(
+        attn_implementation=model_cfg.attn_implementation,
+        quantization=model_cfg.quantization,
+        double_quant=model_cfg.double_quant,
+        compute_dtype=model_cfg.compute_dtype,
+    )
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

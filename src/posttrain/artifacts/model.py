@@ -171,6 +171,23 @@ def add_adapter_chain(
     return model
 
 
+def trained_quantization(adapter: str | Path | None) -> dict:
+    """`load_model` keywords for the base an adapter was trained on: its run config's `model.quantization`,
+    `double_quant` and `compute_dtype` (an adapter trained on an nf4 base is evaluated on that nf4 base), or {}."""
+    path = Path(adapter) / CONFIG_FILE if adapter else None
+    if path is None or not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        section = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model")
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
+        return {}
+    if not isinstance(section, dict) or section.get("quantization", "none") == "none":
+        return {}
+    return {k: section[k] for k in ("quantization", "double_quant", "compute_dtype") if k in section}
+
+
 def load_for_inference(
     model: str,
     adapter: str | None = None,
@@ -178,14 +195,17 @@ def load_for_inference(
     device: str = "auto",
     trust_remote_code: bool = False,
     heads: tuple[str, ...] = (),
+    quantization: dict | None = None,
 ) -> tuple[torch.nn.Module, object]:
     """(model in eval mode, tokenizer). The tokenizer comes from the adapter directory when it holds one; the
-    adapters recorded in its BASE_ADAPTERS_FILE are merged into the base first."""
+    adapters recorded in its BASE_ADAPTERS_FILE are merged into the base first. The base is loaded quantised as the
+    adapter was trained (`trained_quantization`) unless `quantization` ({"quantization": "nf4", ...}) says how."""
     if adapter:
         check_adapter_dir(adapter)
     tok_source = adapter if adapter and any((Path(adapter) / f).exists() for f in TOKENIZER_FILES) else model
     tokenizer = load_tokenizer(tok_source, trust_remote_code=trust_remote_code)
-    net = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    quant = trained_quantization(adapter) if quantization is None else quantization
+    net = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **quant)
     if adapter:
         net = add_adapter_chain(net, adapter, heads)
     net.requires_grad_(False)

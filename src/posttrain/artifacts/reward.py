@@ -94,7 +94,7 @@ def save_reward_model(rm: RewardModel, tokenizer, cfg, directory: str | Path) ->
         layout = "causal_lm_head"
     meta = {
         "layout": layout,
-        "base_model": cfg.model,
+        "base_model": cfg.model.name,
         "template": cfg.template,
         "hidden_size": rm.score_head.in_features,
         "likelihood_coef": rm.likelihood_coef,

@@ -16,6 +16,7 @@ from posttrain.peft import adapter, lora, prefix, prompt, tokens
 from posttrain.peft.base import ModulesToSave, Tuner, set_module, tuners, wrap_modules_to_save
 from posttrain.peft.config import PeftConfig
 from posttrain.peft.virtual import VirtualTokens
+from posttrain.quant import logical_numel
 
 # method -> injector(model, cfg: PeftConfig, adapter_name, tokenizer) -> modules touched
 INJECTORS = {
@@ -172,9 +173,9 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; tied weights are counted once."""
+    """(trainable, total) parameter counts; tied weights are counted once, a 4-bit weight as its logical size."""
     params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    return sum(p.numel() for p in params if p.requires_grad), sum(logical_numel(p) for p in params)
 
 
 def trainable_report(model: nn.Module) -> str:

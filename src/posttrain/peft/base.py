@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from posttrain.errors import UserError
+
 
 class Tuner(nn.Module, abc.ABC):
     """Base of every posttrain adapter module. `active` names the adapter in use; `disabled` gives the base"""
@@ -47,8 +49,11 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
-    """Adapters train in fp32 even on a bf16/fp16 base (like PEFT's autocast_adapter_dtype)."""
-    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+    """Adapters train in fp32 even on a bf16/fp16 base (like PEFT's autocast_adapter_dtype), and on a quantised
+    one (a 4-bit weight is stored as uint8 codes, an 8-bit one as int8)."""
+    if not weight.is_floating_point() or weight.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return weight.dtype
 
 
 def trunk_of(model: nn.Module) -> nn.Module:
@@ -72,6 +77,13 @@ class ModulesToSave(Tuner):
         self.modules_to_save = nn.ModuleDict()
 
     def add(self, name: str) -> None:
+        from posttrain.quant import quantized_linears
+
+        if quantized_linears(self.original_module):
+            raise UserError(
+                "peft.modules_to_save: a quantised layer cannot be trained whole (model.quantization keeps the"
+                " base frozen); train it with LoRA (peft.lora.target_modules) or load the model unquantised"
+            )
         clone = copy.deepcopy(self.original_module)
         clone.requires_grad_(True)
         self.modules_to_save[name] = clone

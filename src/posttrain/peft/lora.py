@@ -5,6 +5,11 @@ magnitude m: y = (m / ||W + s B A||_row) * (W + s B A) x, with the norm treated 
 pass (as in the paper and PEFT). GPT-2's Conv1D stores W transposed (in x out); the delta is transposed to
 match.
 
+On a quantised base (bitsandbytes Linear4bit / Linear8bitLt: QLoRA) the base layer computes W x from its codes and
+the adapter adds s B A x in fp32; W itself, where DoRA or a merge needs it, is the dequantised weight the layer
+computes with (`posttrain.quant.dequantized_weight`). Merging into a quantised layer is refused: the sum would have
+to be quantised again, which is not the model that was trained (`posttrain merge` dequantises the base first).
+
 Parameter names match PEFT (`q_proj.lora_A.default.weight`), so PEFT checkpoints map one-to-one.
 """
 
@@ -20,8 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from posttrain.errors import UserError
 from posttrain.peft.base import Tuner, adapter_dtype, set_module
 from posttrain.peft.config import LoraConfig
+from posttrain.quant import dequantized_weight, is_quantized
+
+
+class QuantizedMergeError(UserError, ValueError):
+    """A LoRA merge was asked of a quantised base layer."""
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -42,9 +53,12 @@ class LoraLinear(Tuner):
         self.base_layer = base_layer
         self.fan_in_fan_out = _is_conv1d(base_layer)
         w = base_layer.weight
-        self.in_features, self.out_features = (
-            (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        self.in_features, self.out_features = (  # a 4-bit weight's shape is its packed codes': ask the layer
+            (w.shape[0], w.shape[1])
+            if self.fan_in_fan_out
+            else (base_layer.in_features, base_layer.out_features)
         )
+        self.quantized = is_quantized(base_layer)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
@@ -78,6 +92,8 @@ class LoraLinear(Tuner):
 
     # ---- weights in (out, in) layout whatever the base layer stores
     def _weight(self) -> torch.Tensor:
+        if self.quantized:
+            return dequantized_weight(self.base_layer)
         w = self.base_layer.weight
         return w.T if self.fan_in_fan_out else w
 
@@ -123,6 +139,11 @@ class LoraLinear(Tuner):
     def merge(self, keep_original: bool = True) -> None:
         if self.merged is not None or self.active not in self.lora_A:
             return
+        if self.quantized:
+            raise QuantizedMergeError(
+                "cannot merge a LoRA adapter into a quantised base layer (the sum would be quantised again, which"
+                " is not the trained model): merge with `posttrain merge`, which dequantises the base first"
+            )
         w = self.base_layer.weight
         if keep_original:
             self.register_buffer("original_weight", w.detach().clone(), persistent=False)
@@ -150,7 +171,8 @@ class LoraLinear(Tuner):
             and self.merged is None
             and self.active in self.lora_A
             and w.is_floating_point()
-            and (type(self.base_layer) is nn.Linear or self.fan_in_fan_out)  # not a quantised subclass
+            and not self.quantized
+            and (type(self.base_layer) is nn.Linear or self.fan_in_fan_out)  # not another Linear subclass
         )
 
 

@@ -30,7 +30,7 @@ from posttrain.artifacts import (  # noqa: F401  (re-exported: what the commands
 )
 from posttrain.commandline import ArgumentParser
 from posttrain.config import ConfigError, RunConfig
-from posttrain.models import load_model, load_tokenizer
+from posttrain.models import load_model, load_tokenizer, model_options
 
 
 def prepare_adapters(model: torch.nn.Module, tokenizer, cfg: RunConfig) -> torch.nn.Module:
@@ -56,8 +56,13 @@ def prepare_adapters(model: torch.nn.Module, tokenizer, cfg: RunConfig) -> torch
 
 
 def trainable_report(model: torch.nn.Module) -> str:
+    from posttrain.quant import logical_numel
+
     params = list(model.parameters())
-    trainable, total = sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    trainable, total = (
+        sum(p.numel() for p in params if p.requires_grad),
+        sum(logical_numel(p) for p in params),
+    )
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.2f}"
 
 
@@ -68,19 +73,29 @@ def setup_model(cfg: RunConfig, verbose: bool = True) -> tuple[torch.nn.Module, 
     this (reward score head, value head), is the same on every run of the same command."""
     from posttrain.modeling import logits_path
 
-    if not cfg.model:
+    if not cfg.model.name:
         raise ConfigError("model: empty; set it to a model directory or Hub name")
     if cfg.adapter:
         from posttrain.artifacts.model import check_adapter_dir
 
         check_adapter_dir(cfg.adapter)  # before the base model loads
     torch.manual_seed(cfg.train.seed)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=cfg.trust_remote_code)
-    model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.name, trust_remote_code=cfg.trust_remote_code)
+    model = load_model(
+        cfg.model.name,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        trust_remote_code=cfg.trust_remote_code,
+        **model_options(cfg.model),
+    )
     model = prepare_adapters(model, tokenizer, cfg)
     logits_path(model)  # resolved (and warned about) now, not inside the first loss
     if verbose:
-        print(trainable_report(model), file=sys.stderr, flush=True)
+        from posttrain.quant import describe
+
+        for line in (describe(model), trainable_report(model)):
+            if line:
+                print(line, file=sys.stderr, flush=True)
     return model, tokenizer
 
 

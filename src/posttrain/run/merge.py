@@ -4,7 +4,9 @@
 The first writes a plain Hugging Face model directory (safetensors, with the tokenizer and its chat template) that
 AutoModelForCausalLM loads without posttrain or PEFT; the adapters merged under DIR during training
 (`base_adapters.json`) are merged first, in order, so it is the model that was trained. Merging is done in fp32 and
-cast to `--dtype` at the end (auto: the dtype the base was saved in). Only LoRA merges; bottleneck adapters, prefix
+cast to `--dtype` at the end (auto: the dtype the base was saved in). An adapter trained on a quantised base
+(`model.quantization`, QLoRA; read from its posttrain_config.yaml) is merged into that base dequantised, which is
+what it was trained against, and the command says so. Only LoRA merges; bottleneck adapters, prefix
 and prompt tuning change the computation, not the weights. The second (`posttrain.artifacts.export_adapter`) needs
 no base: the chain's LoRAs become one LoRA of the summed rank that `peft.PeftModel.from_pretrained(base, OUT)` loads
 with the trained policy's logits.
@@ -37,13 +39,27 @@ def merge(
     Adapters the run had merged into its base first (an SFT LoRA under a DPO LoRA; `base_adapters.json`) are
     merged first, in order, so the result is the model that was trained.
     """
-    from posttrain.artifacts.model import check_adapter_dir, loading, merge_base_adapters
+    from posttrain.artifacts.model import (
+        check_adapter_dir,
+        loading,
+        merge_base_adapters,
+        trained_quantization,
+    )
+    from posttrain.quant import dequantize
 
     if dtype != "auto" and dtype not in DTYPES:
         raise UsageError(f"--dtype must be auto | {' | '.join(DTYPES)}, got {dtype!r}")
     check_adapter_dir(adapter_dir)
-    model = load_model(model_name, dtype="fp32", device="cpu", trust_remote_code=trust_remote_code)
+    quant = trained_quantization(adapter_dir)
+    model = load_model(model_name, dtype="fp32", device="cpu", trust_remote_code=trust_remote_code, **quant)
     saved = model.config.dtype
+    if quant:  # QLoRA: the adapter learnt a correction to the quantised weights, so it goes onto those
+        dequantize(model, torch.float32)
+        print(
+            f"posttrain merge: {adapter_dir} was trained on a {quant['quantization']}-quantised base; merging into"
+            " that base dequantised to fp32 (the weights the adapter was trained against, not the original ones)",
+            file=sys.stderr,
+        )
     with loading(adapter_dir, "adapter"):
         model = merge_base_adapters(model, adapter_dir)
         load_adapter(model, adapter_dir)

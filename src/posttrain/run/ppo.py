@@ -221,7 +221,7 @@ def _critic(cfg: PPOConfig, policy: torch.nn.Module) -> torch.nn.Module | None:
 
     if cfg.ppo.value_head != "separate":
         return None
-    saved = Path(cfg.adapter or cfg.model) / CRITIC_DIR
+    saved = Path(cfg.adapter or cfg.model.name) / CRITIC_DIR
     if not saved.is_dir():
         return copy.deepcopy(policy)
     where = {"adapter": str(saved)} if cfg.adapter else {"model": str(saved)}
@@ -261,7 +261,7 @@ def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource
         ref_model = copy.deepcopy(policy).requires_grad_(False).eval()
     model = PolicyWithValue(policy, critic)
     load_value_head(
-        model, cfg.adapter or cfg.model
+        model, cfg.adapter or cfg.model.name
     )  # a `posttrain ppo` output's head, when starting from one
     prompts = load_prompts(cfg, tokenizer)
     for row in prompts:

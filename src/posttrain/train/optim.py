@@ -1,4 +1,5 @@
-"""AdamW over the trainable parameters and the warmup + decay learning-rate schedule.
+"""AdamW over the trainable parameters (torch's, or bitsandbytes' 8-bit / paged ones: `train.optimizer`) and the
+warmup + decay learning-rate schedule.
 
 opt = build_optimizer(model, cfg)              # no weight decay on biases and norm weights (ndim < 2);
                                                 # train.lr_scale gives name globs their own lr
@@ -13,6 +14,7 @@ import math
 import torch
 
 from posttrain.config import TrainConfig
+from posttrain.errors import UserError
 
 # Decay shape after warmup: progress in [0, 1) -> multiplier of the peak learning rate.
 SCHEDULES = {
@@ -53,9 +55,27 @@ def param_groups(
     ]
 
 
+BNB_OPTIMIZERS = {
+    "adamw_8bit": "AdamW8bit",
+    "paged_adamw": "PagedAdamW32bit",
+    "paged_adamw_8bit": "PagedAdamW8bit",
+}
+"""`train.optimizer` values served by bitsandbytes, and its class for each (all AdamW with decoupled decay)."""
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_scale)
     params = [p for g in groups for p in g["params"]]
+    if cfg.optimizer in BNB_OPTIMIZERS:
+        from posttrain.quant import bitsandbytes
+
+        if any(hasattr(p, "device_mesh") for p in params):
+            raise UserError(
+                f"train.optimizer={cfg.optimizer}: bitsandbytes optimisers do not take FSDP's sharded"
+                " parameters; use adamw with train.strategy=fsdp"
+            )
+        cls = getattr(bitsandbytes().optim, BNB_OPTIMIZERS[cfg.optimizer])
+        return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, weight_decay=cfg.weight_decay)
     # fused AdamW is one kernel per step on CUDA and on CPU (torch >= 2.4) instead of a Python loop over tensors;
     # FSDP's sharded (DTensor) parameters keep the default implementation.
     fused = params[0].device.type in ("cuda", "cpu") and all(
