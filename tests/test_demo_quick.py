@@ -57,9 +57,10 @@ def test_demo_quick_writes_the_full_report(tmp_path, monkeypatch):
     )
     for key in REQUIRED:
         assert isinstance(_get(report, key), float), key
-    for method in ("full", "lora", "adapter", "prefix", "prompt"):
+    for method in ("full", "lora", "qlora", "adapter", "prefix", "prompt"):
         for key in PER_METHOD:
             assert isinstance(_get(report, f"sft.{method}.{key}"), float), (method, key)
+    assert report["sft"]["qlora"]["trainable_params"] == report["sft"]["lora"]["trainable_params"]
     assert 0 < report["sft"]["prompt"]["trainable_pct"] < report["sft"]["lora"]["trainable_pct"] < 100.0
     assert report["sft"]["full"]["trainable_pct"] == 100.0
     for name in (

@@ -264,9 +264,13 @@ class Pipeline(AlignmentStages):
         return row
 
     def _choose_best(self) -> None:
-        """Best SFT method by held-out-instance accuracy; PPO and DPO need it as a plain model directory."""
+        """Best SFT method by held-out generalisation: the mean of its held-out-instance, held-out-phrasing and
+        held-out-task accuracies (ties: full tuning). PPO, DPO and GRPO need it as a plain model directory. By
+        held-out instances alone, a 2-point lead of QLoRA (0.56 against full tuning's 0.54, on 168 prompts) made it
+        the start of RLHF while it answered 0.04 of the held-out tasks (full tuning 0.25)."""
         ok = {m: r for m, r in self.report["sft"].items() if "seen_accuracy" in r}
-        best = max(ok, key=lambda m: (ok[m]["seen_accuracy"], m == "full"))
+        keys = ("seen_accuracy", "heldout_phrasing_accuracy", "unseen_task_accuracy")
+        best = max(ok, key=lambda m: (sum(ok[m].get(k, 0.0) for k in keys) / len(keys), m == "full"))
         start = best
         if best == "full":
             self.best_dir = self.sft_dirs["full"] / "final"
@@ -291,11 +295,11 @@ class Pipeline(AlignmentStages):
         self.report["identity_accuracy"] = ok[best]["identity_accuracy"]
 
     def _merge(self, method: str) -> Path:
-        from posttrain.peft import merge_and_unload
+        """`posttrain merge` of the method's adapter (QLoRA's into its dequantised 4-bit base)."""
+        from posttrain.run.merge import merge
 
-        model, tok = self.load(self.base_dir, adapter=self.sft_dirs[method] / "final")
-        merged = merge_and_unload(model)
-        out = self.out / "sft" / f"{method}_merged"
-        merged.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
-        return out
+        return merge(
+            str(self.base_dir),
+            str(self.sft_dirs[method] / "final"),
+            str(self.out / "sft" / f"{method}_merged"),
+        )

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from posttrain.demo.base import BaseConfig
 from posttrain.demo.world import WorldConfig
 
-PEFT_METHODS = ("full", "lora", "adapter", "prefix", "prompt")
+PEFT_METHODS = ("full", "lora", "qlora", "adapter", "prefix", "prompt")
 
 ROWS = {"trainable_tokens": "[template]"}
 """The base never sees <|im_start|> / <|im_end|> in pre-training, so their rows are random; every PEFT method trains
@@ -23,10 +23,14 @@ those two rows too (`peft.trainable_tokens`), or it cannot learn to end a turn (
 PEFT = {  # method -> peft.* overrides
     "full": {"method": "none"},
     "lora": {"method": "lora", "lora.r": 16, "lora.alpha": 32, **ROWS},
+    "qlora": {"method": "lora", "lora.r": 16, "lora.alpha": 32, **ROWS},
     "adapter": {"method": "adapter", "adapter.reduction_factor": 4, **ROWS},
     "prefix": {"method": "prefix", "prefix.num_virtual_tokens": 8, **ROWS},
     "prompt": {"method": "prompt", "prompt.num_virtual_tokens": 100, **ROWS},
 }
+
+MODEL = {"qlora": {"quantization": "nf4"}}
+"""method -> model.* overrides: QLoRA is LoRA of the same size on the base quantised to NF4 (docs/peft.md)."""
 
 
 @dataclass
@@ -104,10 +108,17 @@ class DemoSettings:
     gold_samples: int = 4
     """Sampled responses per prompt when measuring mean gold reward and KL."""
     sft_lr: dict[str, float] = field(
-        default_factory=lambda: {"full": 4e-3, "lora": 5e-3, "adapter": 1e-2, "prefix": 1e-1, "prompt": 3e-1}
+        default_factory=lambda: {
+            "full": 4e-3,
+            "lora": 5e-3,
+            "qlora": 5e-3,
+            "adapter": 1e-2,
+            "prefix": 1e-1,
+            "prompt": 3e-1,
+        }
     )
     """SFT learning rate per PEFT method, each the best of a sweep at 600 steps (docs/demo.md): the fewer parameters
-    a method trains, the larger the step it takes."""
+    a method trains, the larger the step it takes. QLoRA takes LoRA's (the same adapter on a 4-bit base)."""
     rm_lr: float = 1e-4
     """Reward model learning rate."""
     rm_likelihood_coef: float = 0.3
@@ -163,7 +174,9 @@ class DemoSettings:
         }
 
     def peft_overrides(self, method: str) -> list[str]:
-        return [f"peft.{k}={v}" for k, v in PEFT[method].items()]
+        return [f"peft.{k}={v}" for k, v in PEFT[method].items()] + [
+            f"model.{k}={v}" for k, v in MODEL.get(method, {}).items()
+        ]
 
     @property
     def rm_train(self) -> dict[str, Any]:
