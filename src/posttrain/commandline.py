@@ -21,8 +21,26 @@ DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16
 """--dtype values (`posttrain.models.DTYPES` and auto), listed here so that parsing imports no torch."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (their line breaks kept), and every option's default after its help, unless it is
+    None, false or empty, or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        empty = default is None or default is False or default is argparse.SUPPRESS or default in ("", [])
+        if "%(default)" in text or not action.option_strings or empty:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors raise UsageError (subcommands made with add_subparsers inherit the class)."""
+    """argparse whose usage errors raise UsageError (subcommands made with add_subparsers inherit the class) and
+    whose help shows defaults (`HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UsageError(f"{message} (see `{self.prog} --help`)")

@@ -141,12 +141,12 @@ class ModelConfig:
     name: str = ""
     """Model directory or Hub name."""
     quantization: Literal["none", "nf4", "fp4", "int8"] = "none"
-    """Load the base quantised through bitsandbytes (frozen; adapters train in compute_dtype): none | nf4 | fp4
+    """Load the base quantised through bitsandbytes (frozen; adapters train beside it in fp32): none | nf4 | fp4
     (4-bit, QLoRA) | int8 (LLM.int8()). Needs a PEFT method and the [qlora] extra."""
     double_quant: bool = True
     """4-bit: quantise the quantisation constants too (QLoRA's double quantisation, ~0.4 bits per weight less)."""
     compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """4-bit: the dtype weights are dequantised to for each matmul, and the adapters' dtype (auto: the run's dtype)."""
+    """4-bit: the dtype weights are dequantised to for each matmul (auto: the run's dtype)."""
     attn_implementation: str = "auto"
     """Attention kernel passed to transformers: auto (sdpa where the architecture has it, else eager) | eager | sdpa |
     flash_attention_2 | flash_attention_3 | flash_attention_4 | flex_attention | a Hub kernel repo (owner/name).

@@ -108,7 +108,9 @@ def format_summary(s: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="posttrain bench", description=__doc__.splitlines()[0])
-    p.add_argument("workload", choices=[*WORKLOADS, "all"])
+    p.add_argument(
+        "workload", choices=[*WORKLOADS, "all"], help="which benchmark (all: every one, side by side)"
+    )
     p.add_argument("--json", action="store_true", help="run one side in this process; print its JSON last")
     p.add_argument("--anchor", action="store_true", help="with --json: run the anchor's side instead of ours")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -264,6 +264,13 @@ def _fraction(allow_zero: bool = False):
     return parse
 
 
+def doc(config, field: str) -> str:
+    """A config dataclass field's one-line doc, as an option's help."""
+    from posttrain.config_docs import field_docs
+
+    return field_docs(type(config)).get(field, "")
+
+
 def _args_from_tasks(p):
     p.add_argument("--spec", help="task spec YAML (see configs/tasks_example.yaml)")
     p.add_argument(
@@ -283,7 +290,12 @@ def _args_from_tasks(p):
 
 def _args_from_chat(p):
     p.add_argument("--in", dest="inputs", action="append", required=True, help="chat file (repeatable)")
-    p.add_argument("--format", default="auto", choices=["auto", "sharegpt", "messages", "hh"])
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "sharegpt", "messages", "hh"],
+        help="input format (auto: detected)",
+    )
     p.add_argument("--no-dedup", action="store_true", help="keep exact duplicate conversations")
 
 
@@ -298,13 +310,25 @@ def _args_self_instruct(p):
     p.add_argument(
         "--model", default=None, help="model name sent to an HTTP endpoint (default: its first model)"
     )
-    p.add_argument("--num-tasks", type=positive(int), default=d.num_tasks)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--max-rounds", type=positive(int), default=d.max_rounds)
-    p.add_argument("--requests-per-round", type=positive(int), default=d.requests_per_round)
-    p.add_argument("--rouge-threshold", type=_fraction(), default=d.rouge_threshold)
-    p.add_argument("--temperature", type=positive(float, allow_zero=True), default=d.temperature)
-    p.add_argument("--top-p", type=_fraction(), default=d.top_p)
+    p.add_argument("--num-tasks", type=positive(int), default=d.num_tasks, help=doc(d, "num_tasks"))
+    p.add_argument("--seed", type=int, default=d.seed, help=doc(d, "seed"))
+    p.add_argument("--max-rounds", type=positive(int), default=d.max_rounds, help=doc(d, "max_rounds"))
+    p.add_argument(
+        "--requests-per-round",
+        type=positive(int),
+        default=d.requests_per_round,
+        help=doc(d, "requests_per_round"),
+    )
+    p.add_argument(
+        "--rouge-threshold", type=_fraction(), default=d.rouge_threshold, help=doc(d, "rouge_threshold")
+    )
+    p.add_argument(
+        "--temperature",
+        type=positive(float, allow_zero=True),
+        default=d.temperature,
+        help=doc(d, "temperature"),
+    )
+    p.add_argument("--top-p", type=_fraction(), default=d.top_p, help=doc(d, "top_p"))
     p.add_argument(
         "--concurrency",
         type=positive(int),
@@ -326,10 +350,14 @@ def _args_filter(p):
 
     d = FilterConfig()
     p.add_argument("--in", dest="inputs", action="append", required=True, help="JSONL file (repeatable)")
-    p.add_argument("--min-words", type=positive(int, allow_zero=True), default=d.min_words)
-    p.add_argument("--max-words", type=positive(int), default=d.max_words)
-    p.add_argument("--min-chars", type=positive(int, allow_zero=True), default=d.min_chars)
-    p.add_argument("--max-chars", type=positive(int), default=d.max_chars)
+    p.add_argument(
+        "--min-words", type=positive(int, allow_zero=True), default=d.min_words, help=doc(d, "min_words")
+    )
+    p.add_argument("--max-words", type=positive(int), default=d.max_words, help=doc(d, "max_words"))
+    p.add_argument(
+        "--min-chars", type=positive(int, allow_zero=True), default=d.min_chars, help=doc(d, "min_chars")
+    )
+    p.add_argument("--max-chars", type=positive(int), default=d.max_chars, help=doc(d, "max_chars"))
     p.add_argument(
         "--keep-copied", action="store_true", help="keep responses that copy the input/instruction"
     )
@@ -339,9 +367,11 @@ def _args_filter(p):
         default=d.dedup_threshold,
         help="n-gram Jaccard; 0 disables",
     )
-    p.add_argument("--dedup-on", default=d.dedup_on, choices=["prompt", "response", "all"])
-    p.add_argument("--ngram", type=positive(int), default=d.ngram)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--dedup-on", default=d.dedup_on, choices=["prompt", "response", "all"], help=doc(d, "dedup_on")
+    )
+    p.add_argument("--ngram", type=positive(int), default=d.ngram, help=doc(d, "ngram"))
+    p.add_argument("--seed", type=int, default=d.seed, help=doc(d, "seed"))
 
 
 def _args_mix(p):
@@ -351,25 +381,32 @@ def _args_mix(p):
     p.add_argument(
         "--rate", action="append", default=[], help="PATH:RATE: pin a source to this share (repeatable)"
     )
-    p.add_argument("--strategy", default="proportional", choices=list(STRATEGIES))
+    p.add_argument(
+        "--strategy", default="proportional", choices=list(STRATEGIES), help="how sources are weighted"
+    )
     p.add_argument("--cap", type=positive(int), default=None, help="examples-proportional limit K per source")
-    p.add_argument("--temperature", type=positive(float), default=1.0)
+    p.add_argument(
+        "--temperature",
+        type=positive(float),
+        default=1.0,
+        help="T of temperature mixing (rates ~ size^(1/T))",
+    )
     p.add_argument(
         "--total", type=positive(int), default=None, help="records to draw (default: the capped source sizes)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampling")
 
 
 def _args_identity(p):
-    p.add_argument("--name", required=True, type=_nonempty)
-    p.add_argument("--maker", required=True, type=_nonempty)
+    p.add_argument("--name", required=True, type=_nonempty, help="the assistant's name")
+    p.add_argument("--maker", required=True, type=_nonempty, help="who made it")
     p.add_argument(
         "--n",
         type=positive(int),
         default=None,
         help="records (default: every distinct question x answer, 144)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampling")
 
 
 def _args_safety(p):
@@ -377,11 +414,11 @@ def _args_safety(p):
         "--n", type=positive(int), default=200, help="distinct records (fewer, said, if not possible)"
     )
     p.add_argument("--prompts", default=None, help="JSONL {prompt, category} or text file; default: built-in")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampling")
 
 
 def _args_stats(p):
-    p.add_argument("file")
+    p.add_argument("file", help="JSONL file to describe")
     p.add_argument("--tokenizer", default=None, help="count tokens with this tokenizer (default: words)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 

@@ -16,9 +16,15 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
+    from posttrain.config_docs import help_text
+    from posttrain.demo.settings import DemoSettings
+
     p = argparse.ArgumentParser(
         prog="posttrain demo",
         description=__doc__.splitlines()[0],
+        epilog=help_text(DemoSettings)
+        .replace("COMMAND", "demo")
+        .replace("config keys", "settings (key=value)"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (what CI runs)")

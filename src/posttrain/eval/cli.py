@@ -46,8 +46,13 @@ def _summary(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from posttrain.config_docs import help_text
+
     parser = ArgumentParser(
-        prog="posttrain eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="posttrain eval",
+        description=__doc__,
+        epilog=help_text(EvalConfig).replace("COMMAND", "eval"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file of EvalConfig keys")
     parser.add_argument(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from posttrain.atomic import atomic_write_jsonl
+from posttrain.commandline import ArgumentParser
 from posttrain.data.construct.io import read_jsonl
 from posttrain.data.prompts import prompt_messages
 from posttrain.data.schema import DataError, where
@@ -15,13 +16,6 @@ from posttrain.errors import UsageError, UserError
 from posttrain.feedback.agreement import agreement
 from posttrain.feedback.store import Store, StoreError
 from posttrain.feedback.validate import MAX_RESPONSES
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors raise UsageError, which `posttrain.cli.main` prints as one line (exit 2)."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _read_jsonl(path: str) -> list[tuple[int, dict]]:
@@ -148,12 +142,14 @@ def _host_name(text: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="posttrain label", description=__doc__)
+    p = ArgumentParser(prog="posttrain label", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve the ranking page")
-    s.add_argument("--db", required=True)
+    s.add_argument(
+        "--db", required=True, help="the SQLite database of tasks and rankings (created if missing)"
+    )
     s.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
-    s.add_argument("--port", type=_port, default=8000)
+    s.add_argument("--port", type=_port, default=8000, help="TCP port (0: any free port, printed)")
     s.add_argument(
         "--allowed-host",
         action="append",
@@ -162,26 +158,28 @@ def parser() -> argparse.ArgumentParser:
         help="another Host name clients use (e.g. this machine's name when --host 0.0.0.0); repeatable",
     )
     a = sub.add_parser("add", help="add tasks: sample K responses with a model, or import them")
-    a.add_argument("--db", required=True)
+    a.add_argument("--db", required=True, help="the SQLite database to add tasks to")
     a.add_argument("--prompts", help="JSONL of prompts (prompt | messages | instruction) for --model")
-    a.add_argument("--model")
-    a.add_argument("--adapter")
-    a.add_argument("--k", type=_at_least(2), default=4)
-    a.add_argument("--max-new-tokens", type=_at_least(1), default=128)
-    a.add_argument("--temperature", type=float, default=1.0)
-    a.add_argument("--template", default="auto")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--model", help="model directory or Hub name that samples the responses")
+    a.add_argument("--adapter", help="adapter directory on top of --model")
+    a.add_argument("--k", type=_at_least(2), default=4, help="responses sampled per prompt")
+    a.add_argument("--max-new-tokens", type=_at_least(1), default=128, help="longest sampled response")
+    a.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    a.add_argument(
+        "--template", default="auto", help="chat template (auto: the tokenizer's own, else chatml)"
+    )
+    a.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     a.add_argument("--responses", help="JSONL of {prompt|messages, responses: [...]} to import")
     a.add_argument("--max-labels", type=_at_least(1), default=1, help="show each task to up to M labellers")
     t = sub.add_parser("token", help="create a labeller and print their token")
-    t.add_argument("--db", required=True)
-    t.add_argument("--name", required=True, type=_name)
+    t.add_argument("--db", required=True, help="the SQLite database")
+    t.add_argument("--name", required=True, type=_name, help="the labeller's name")
     e = sub.add_parser("export", help="write K-way rankings JSONL for `posttrain rm`")
-    e.add_argument("--db", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--skip-flagged", action="store_true")
+    e.add_argument("--db", required=True, help="the SQLite database")
+    e.add_argument("--out", required=True, help="rankings JSONL to write")
+    e.add_argument("--skip-flagged", action="store_true", help="leave out rankings a labeller flagged")
     st = sub.add_parser("stats", help="counts and inter-labeller agreement")
-    st.add_argument("--db", required=True)
+    st.add_argument("--db", required=True, help="the SQLite database")
     return p
 
 

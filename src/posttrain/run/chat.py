@@ -20,11 +20,13 @@ def parse_args(argv: list[str]):
     p.add_argument("--adapter", help="adapter directory to load on top")
     p.add_argument("--template", default="auto", help="chat template (auto | chatml | llama3 | ...)")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--max-new-tokens", type=positive(int), default=256)
+    p.add_argument("--max-new-tokens", type=positive(int), default=256, help="longest response, in tokens")
     p.add_argument("--temperature", type=positive(float, allow_zero=True), default=0.7, help="0 = greedy")
-    p.add_argument("--top-p", type=positive(float), default=0.95)
-    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--top-p", type=positive(float), default=0.95, help="nucleus sampling mass")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (auto: bf16 on CUDA, else fp32)"
+    )
+    p.add_argument("--device", default="auto", help="cuda | mps | cpu | auto")
     return p.parse_args(argv)
 
 

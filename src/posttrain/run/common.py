@@ -132,12 +132,23 @@ def config_command(
     one JSON line of final metrics (rank 0 only under torchrun). Every user error is one line (`errors.report`):
     config and usage errors (a ConfigError from `check(cfg)` or found during the run, an output_dir holding another
     run) exit 2, run errors (data, NaN, bad values, torn state) exit 1."""
+    import argparse
+
     from posttrain.config import ConfigError, load_config, to_dict
+    from posttrain.config_docs import help_text
     from posttrain.errors import report
     from posttrain.train.distributed import is_main
 
-    p = ArgumentParser(prog=prog, description=doc)
-    p.add_argument("--config", help="YAML config file")
+    command = prog.split()[-1]
+    p = ArgumentParser(
+        prog=prog,
+        description=doc,
+        epilog=help_text(cls).replace("COMMAND", command),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config", help=f"YAML config file (`posttrain config {command}` writes one with every key)"
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 peft.method=lora")
     args = p.parse_args(argv)

@@ -27,14 +27,21 @@ def parse_args(argv: list[str]):
     p.add_argument("--out", required=True, help="output JSONL")
     p.add_argument("--template", default="auto", help="chat template (auto | chatml | llama3 | ...)")
     p.add_argument("--system", help="system prompt for rows without one")
-    p.add_argument("--max-new-tokens", type=positive(int), default=256)
+    p.add_argument("--max-new-tokens", type=positive(int), default=256, help="longest response, in tokens")
     p.add_argument("--temperature", type=positive(float, allow_zero=True), default=0.7, help="0 = greedy")
-    p.add_argument("--top-p", type=positive(float), default=1.0)
-    p.add_argument("--top-k", type=positive(int, allow_zero=True), default=0)
-    p.add_argument("--batch-size", type=positive(int), default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--top-p", type=positive(float), default=1.0, help="nucleus sampling mass")
+    p.add_argument(
+        "--top-k",
+        type=positive(int, allow_zero=True),
+        default=0,
+        help="sample from the k likeliest tokens (0: all)",
+    )
+    p.add_argument("--batch-size", type=positive(int), default=16, help="prompts decoded together")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (auto: bf16 on CUDA, else fp32)"
+    )
+    p.add_argument("--device", default="auto", help="cuda | mps | cpu | auto")
     return p.parse_args(argv)
 
 

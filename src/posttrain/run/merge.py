@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=DTYPE_CHOICES,
         help="auto | fp32 | bf16 | fp16 (default: the base's dtype)",
     )
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub")
     parser.add_argument(
         "--peft", action="store_true", help="write one PEFT LoRA adapter (the whole chain) instead of a model"
     )
