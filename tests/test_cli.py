@@ -138,7 +138,7 @@ def test_print_config_resolves_file_and_overrides(work, tmp_path, capsys):
 def test_example_config_is_valid():
     from posttrain.config import SFTConfig, load_config
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "sft_example.yaml"
+    path = Path(__file__).resolve().parents[1] / "src" / "posttrain" / "recipes" / "sft_lora.yaml"
     cfg = load_config(SFTConfig, path)
     assert cfg.model.name and cfg.data and cfg.train.max_length > 0
 

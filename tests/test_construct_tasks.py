@@ -88,7 +88,7 @@ def test_demonstrations_never_the_instance_and_mixed_description():
 
 
 def test_example_spec_builds(tmp_path):
-    specs, seed = load_spec(str(REPO / "configs" / "tasks_example.yaml"))
+    specs, seed = load_spec(str(REPO / "src" / "posttrain" / "recipes" / "data_tasks.yaml"))
     records, counts = build_from_spec(specs, seed)
     assert (
         counts["tasks"]["sentiment"]["instances"] == 4 and counts["tasks"]["arithmetic_cot"]["instances"] == 3

@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rloo": ("posttrain.run.ppo:main_rloo", "critic-free RL: leave-one-out baseline over k samples (RLOO)"),
     "dpo": ("posttrain.run.dpo:main", "direct preference optimisation (dpo | ipo | simpo)"),
     "config": ("posttrain.run.show_config:main", "print every key of a command's config as commented YAML"),
+    "recipes": (
+        "posttrain.run.recipes:main",
+        "list the shipped configs, or copy one to edit (recipes cp NAME FILE)",
+    ),
     "data": ("posttrain.data.cli:main", "build, convert, mix and inspect instruction and preference data"),
     "eval": (
         "posttrain.eval.cli:main",

@@ -21,6 +21,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from posttrain.peft.lora import fused_for_sampling
+from posttrain.progress import Progress
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>", "<|end|>")
 """Tokens that end an assistant turn in common chat formats; each one the tokenizer knows also stops sampling."""
@@ -321,10 +322,7 @@ def generate(
     fused = fused_for_sampling(model) if fuse_lora else contextlib.nullcontext()
     responses, logps, finished = [], [], []
     starts = range(0, len(prompts), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc="generate", unit="batch")
+    bar = Progress(len(prompts), "generate", "prompt", enabled=progress)
     try:
         with fused:
             for s in starts:
@@ -336,8 +334,10 @@ def generate(
                 responses += [row[:n] for row, n in zip(tokens, lengths)]
                 logps += [row[:n] for row, n in zip(lp, lengths)]
                 finished += done.tolist()
+                bar.update(len(lengths))
     finally:
         model.train(was_training)
+        bar.close()
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     return Rollout([list(p) for p in prompts], responses, logps, texts, finished)
 

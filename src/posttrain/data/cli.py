@@ -1,6 +1,6 @@
 """`posttrain data SUBCOMMAND`: build, convert, filter, mix and inspect instruction data.
 
-    posttrain data from-tasks   --spec configs/tasks_example.yaml --out data/tasks.jsonl
+    posttrain data from-tasks   --spec tasks.yaml --out data/tasks.jsonl   # posttrain recipes cp data_tasks tasks.yaml
     posttrain data from-chat    --in sharegpt.json --format auto --out data/chat.jsonl
     posttrain data self-instruct --seed-tasks seed_tasks.jsonl --generator URL|MODEL_DIR --num-tasks 100 --out x.jsonl
     posttrain data filter       --in x.jsonl --out x.clean.jsonl --dedup-threshold 0.8
@@ -272,7 +272,9 @@ def doc(config, field: str) -> str:
 
 
 def _args_from_tasks(p):
-    p.add_argument("--spec", help="task spec YAML (see configs/tasks_example.yaml)")
+    p.add_argument(
+        "--spec", help="task spec YAML (`posttrain recipes cp data_tasks tasks.yaml` writes an example)"
+    )
     p.add_argument(
         "--file",
         action="append",

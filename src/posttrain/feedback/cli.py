@@ -71,7 +71,15 @@ def sample_responses(
     ]
     ids = [encode_prompt(tok, [Message(**m) for m in p], template) for _, p, _ in rows]
     repeated = [x for x in ids for _ in range(k)]
-    out = generate(policy, tok, repeated, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    out = generate(
+        policy,
+        tok,
+        repeated,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        progress=True,
+    )
     return [
         {"prompt": p, "responses": out.texts[i * k : (i + 1) * k], "meta": {**meta, "model": model}}
         for i, (_, p, meta) in enumerate(rows)

@@ -71,7 +71,7 @@ def run(args) -> int:
         do_sample=not greedy,
         batch_size=args.batch_size,
         seed=args.seed,
-        progress=sys.stderr.isatty(),
+        progress=True,  # a bar on a terminal, plain lines in a log (posttrain.progress)
     )
     with atomic_open(out) as f:
         for (_, _, row), text, ids, done in zip(rows, ro.texts, ro.response_ids, ro.finished):

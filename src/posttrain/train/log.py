@@ -1,4 +1,4 @@
-"""Metrics to `metrics.jsonl` (one JSON object per logged step) and the progress bar.
+"""Metrics to `metrics.jsonl` (one JSON object per logged step); progress lines are `posttrain.progress`.
 
 On resume the file is cut back to the steps the checkpoint covers, so a resumed run's file reads exactly like an
 uninterrupted run's.
@@ -73,12 +73,3 @@ def read_metrics(path: str | Path, torn_ok: bool = False) -> list[dict[str, Any]
             raise UserError(f"{path}:{i}: not a metrics row (a JSON {type(row).__name__})")
         rows.append(row)
     return rows
-
-
-def progress_bar(total: int, initial: int, enabled: bool):
-    """A tqdm bar on stderr, or None when disabled or stderr is not a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)

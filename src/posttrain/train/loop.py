@@ -24,9 +24,10 @@ import torch
 from posttrain.atomic import atomic_dir
 from posttrain.config import TrainConfig, to_dict
 from posttrain.errors import UserError
+from posttrain.progress import Progress
 from posttrain.train import checkpoint, distributed
 from posttrain.train.host_memory import keep_freed_host_memory
-from posttrain.train.log import MetricsLog, progress_bar
+from posttrain.train.log import MetricsLog
 from posttrain.train.optim import build_optimizer, build_scheduler
 from posttrain.train.protocols import PADDING
 from posttrain.train.state_io import StateFileError
@@ -218,7 +219,9 @@ class _Run:
         self.per_epoch = max(1, source.steps_per_epoch())
         self.state = _resume(out, cfg, model, optimizer, scheduler, source)
         self.log = MetricsLog(out / "metrics.jsonl", keep_up_to=self.state["step"], enabled=self.main_rank)
-        self.bar = progress_bar(self.n_steps, self.state["step"], cfg.progress and self.main_rank)
+        self.bar = Progress(
+            self.n_steps, f"train {out.name}", "step", self.state["step"], cfg.progress and self.main_rank
+        )
         self.saved_at, self.evaluated_at, self.last, self.evals = self.state["step"], -1, {}, {}
         self._restore_evaluation()
         self.start, self.tokens_here = time.perf_counter(), 0
@@ -256,11 +259,11 @@ class _Run:
             row.update(self.evaluate())
         if len(row) > 2:
             self.log.write(row)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(
-                loss=f"{metrics['loss']:.4f}", tok_s=f"{self.tokens_here / max(now, 1e-9):.0f}"
-            )
+        lr = metrics.get("lr")
+        self.bar.update(
+            1, loss=float(metrics["loss"]), **({"lr": float(lr)} if lr is not None else {}),
+            tok_s=round(self.tokens_here / max(now, 1e-9)),
+        )  # fmt: skip
         if cfg.save_every > 0 and step % cfg.save_every == 0:
             self.checkpoint()
 
@@ -325,8 +328,7 @@ class _Run:
 
     def close(self) -> None:
         self.log.close()
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def fit(
