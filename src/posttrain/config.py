@@ -91,7 +91,14 @@ class TrainConfig:
     overwrite: bool = False
     """When output_dir holds another run (or train.resume=false): move it aside to OUTPUT.old-N and start afresh."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show progress on stderr: a bar on a terminal, a plain line every 30 s otherwise (POSTTRAIN_PROGRESS_EVERY_S)."""
+    report_to: list[Literal["jsonl", "tensorboard", "wandb", "trackio", "mlflow"]] = field(
+        default_factory=lambda: ["jsonl"]
+    )
+    """Where metrics go besides metrics.jsonl (always written): any of tensorboard (OUTPUT/tensorboard), wandb (offline
+    unless WANDB_MODE says otherwise), trackio, mlflow (OUTPUT/mlruns unless MLFLOW_TRACKING_URI); each an extra."""
+    tracker_project: str = "posttrain"
+    """The project / experiment name the trackers file the run under (the run is named after output_dir)."""
 
     checks: ClassVar[dict] = {
         "epochs": POSITIVE,

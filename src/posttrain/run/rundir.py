@@ -33,6 +33,8 @@ RESUMABLE = {
     "output_dir",
     "device",
     "train.progress",
+    "train.report_to",
+    "train.tracker_project",
     "train.log_every",
     "train.save_every",
     "train.keep_last",

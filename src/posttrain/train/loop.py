@@ -31,6 +31,7 @@ from posttrain.train.log import MetricsLog
 from posttrain.train.optim import build_optimizer, build_scheduler
 from posttrain.train.protocols import PADDING
 from posttrain.train.state_io import StateFileError
+from posttrain.train.trackers import Trackers
 
 
 class TrainingError(UserError, RuntimeError):
@@ -207,6 +208,19 @@ def _save_final(model, out: Path, save_fn: Callable) -> None:
         save_fn(model, tmp)
 
 
+def _run_config(out: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """What the trackers record as the run's config: the command's resolved config.yaml when it wrote one."""
+    import yaml
+
+    path = out / "config.yaml"
+    if path.is_file():
+        try:
+            return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            pass
+    return {"train": to_dict(cfg)}
+
+
 class _Run:
     """The bookkeeping of one fit() call: running totals, metrics rows, evaluation and checkpoint timing."""
 
@@ -218,6 +232,13 @@ class _Run:
         self.n_steps = total_steps(cfg, source)
         self.per_epoch = max(1, source.steps_per_epoch())
         self.state = _resume(out, cfg, model, optimizer, scheduler, source)
+        self.trackers = Trackers(
+            out,
+            cfg.report_to if self.main_rank else [],
+            _run_config(out, cfg),
+            self.state["step"],
+            cfg.tracker_project,
+        )
         self.log = MetricsLog(out / "metrics.jsonl", keep_up_to=self.state["step"], enabled=self.main_rank)
         self.bar = Progress(
             self.n_steps, f"train {out.name}", "step", self.state["step"], cfg.progress and self.main_rank
@@ -258,7 +279,7 @@ class _Run:
         if self.eval_fn is not None and (final or cfg.eval_every > 0 and step % cfg.eval_every == 0):
             row.update(self.evaluate())
         if len(row) > 2:
-            self.log.write(row)
+            self.write(row)
         lr = metrics.get("lr")
         self.bar.update(
             1, loss=float(metrics["loss"]), **({"lr": float(lr)} if lr is not None else {}),
@@ -306,7 +327,7 @@ class _Run:
         """End-of-run evaluation (if not just done), last checkpoint, final artefact; the run's summary."""
         elapsed, step = self.elapsed(), self.state["step"]
         if self.eval_fn is not None and self.evaluated_at != step:  # the source ran dry, or nothing was left
-            self.log.write({"step": step, "epoch": round(self.state["epoch"], 4), **self.evaluate()})
+            self.write({"step": step, "epoch": round(self.state["epoch"], 4), **self.evaluate()})
         if self.saved_at != step:
             self.checkpoint()
         if save_fn is not None:
@@ -326,8 +347,14 @@ class _Run:
             **self.evals,
         }
 
+    def write(self, row: dict[str, Any]) -> None:
+        """One metrics row: metrics.jsonl, and every tracker of `train.report_to` at the same step."""
+        self.log.write(row)
+        self.trackers.log(row, row["step"])
+
     def close(self) -> None:
         self.log.close()
+        self.trackers.close()
         self.bar.close()
 
 
