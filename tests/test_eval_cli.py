@@ -153,6 +153,7 @@ def test_cli_compare_with_judge_and_kl(dirs, tmp_path, capsys):
         "plot_accuracy.png",
         "plot_preference.png",
         "plot_win_rates.png",
+        "summary.png",
     }
     assert "## Win rates" in md
 

@@ -64,3 +64,31 @@ def test_a_failing_report_leaves_the_previous_one(tmp_path, monkeypatch):
     except RuntimeError:
         pass
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+
+
+def test_plot_panels_show_values_and_axes_that_show_the_differences():
+    """Values on every bar; a rate on a fixed 0-1 axis (all zeros: a row of 0.00, not an empty -0.04..0.04 axis); a
+    loss on an axis around its values (2.41 vs 2.38 visible); a KL estimate with its 0 line and its sign explained."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from posttrain.eval.report import _panel, metric_kind
+
+    fig, (a, b, c) = plt.subplots(1, 3)
+    _panel(a, "refusal_rate", ["base", "sft"], [0.0, 0.0])
+    _panel(b, "loss", ["base", "sft"], [2.41, 2.38])
+    _panel(c, "kl", ["base", "sft"], [-0.0003, 0.42])
+    assert a.get_ylim() == (0.0, 1.12) and [t.get_text() for t in a.texts] == ["0", "0"]
+    low, high = b.get_ylim()
+    assert 2.2 < low < 2.38 and high < 2.6 and "not from 0" in b.get_title()
+    assert [t.get_text() for t in b.texts] == ["2.41", "2.38"]
+    assert any(line.get_ydata()[0] == 0.0 for line in c.get_lines()) and "unbiased" in c.get_title()
+    plt.close(fig)
+    assert [metric_kind(k, [0.5]) for k in ("exact", "loss", "kl_per_token", "mean_response_tokens")] == [
+        "rate",
+        "loss",
+        "kl",
+        "count",
+    ]

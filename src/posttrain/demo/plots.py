@@ -133,7 +133,18 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
             ("peak_mem_mib", "peak MiB"),
         ),
     ):
-        a.bar(list(sft), [sft[m][key] for m in sft])
+        values = [sft[m][key] for m in sft]
+        bars = a.bar(list(sft), values, color=[f"C{i}" for i in range(len(values))])
+        fmt = "{:.2f}" if key == "seen_accuracy" else "{:.3g}"
+        a.bar_label(bars, labels=[fmt.format(v) for v in values], padding=2, fontsize=8)
+        if key == "seen_accuracy":
+            a.set_ylim(0, 1.1)  # a share: one 0-1 axis, so small ones are not blown up
+        elif key == "trainable_pct":
+            a.set_yscale("log")  # 0.4% and 100% on one axis
+            a.set_ylim(min(values) / 3, max(values) * 4)
+            title += " (log)"
+        else:
+            a.set_ylim(0, max(values) * 1.2)
         a.set_title(title)
         a.tick_params(axis="x", labelrotation=45)
     fig.tight_layout()

@@ -132,27 +132,120 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+RATE_WORDS = ("accuracy", "exact", "contained", "rate", "refusal", "win", "f1", "match")
+"""A metric whose name holds one of these is a share in [0, 1]: drawn on a fixed 0-1 axis."""
+LOSS_WORDS = ("loss", "perplexity", "ppl", "nll")
+"""Losses and perplexities: an axis around the values (not from 0), so that differences show."""
+
+
+def metric_kind(key: str, values: list[float]) -> str:
+    """rate | loss | kl | count: how a metric's axis is drawn."""
+    k = key.lower()
+    if k.startswith("kl"):
+        return "kl"
+    if any(w in k for w in LOSS_WORDS):
+        return "loss"
+    if any(w in k for w in RATE_WORDS) and all(0.0 <= v <= 1.0 for v in values):
+        return "rate"
+    return "count"
+
+
+def _panel(ax, key: str, names: list[str], values: list[float]) -> None:
+    """One metric across models: bars with their values written on them, on an axis that shows the differences."""
+    kind = metric_kind(key, values)
+    bars = ax.bar(range(len(names)), values, color=[f"C{i}" for i in range(len(names))])
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    title = key
+    if kind == "rate":
+        ax.set_ylim(0, 1.12)  # an all-zero rate is a row of zeros on 0-1, not an empty -0.04..0.04 axis
+    elif kind == "loss":
+        low, high = min(values), max(values)
+        pad = max(0.15 * (high - low), 0.02 * max(abs(high), 1e-9))
+        ax.set_ylim(low - pad, high + 2 * pad)  # not from 0: a 2.41 against 2.38 loss must show
+        title += " (axis not from 0)"
+    elif kind == "kl":
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        low, high = min(values + [0.0]), max(values + [0.0])
+        pad = 0.15 * max(high - low, 1e-3)
+        ax.set_ylim(low - pad, high + 2 * pad)
+        title += "\n(sampled estimate: unbiased,\n0 +- noise when equal)"
+    else:  # counts, rewards: from 0 (or below it), with room for the labels
+        low, high = min(values + [0.0]), max(values + [0.0])
+        pad = 0.15 * max(high - low, 1e-9)
+        ax.set_ylim(low - (pad if low < 0 else 0.0), high + pad)
+        if low < 0:
+            ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_title(title, fontsize=9)
+
+
 def _bar_plot(section: str, by_model: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [
-        k
-        for k in dict.fromkeys(k for m in by_model.values() for k in m)
-        if all(isinstance(m.get(k), float) for m in by_model.values())
-    ]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3.2), squeeze=False)
+    keys = _plot_keys(by_model)
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         names = list(by_model)
-        ax.bar(
-            range(len(names)), [by_model[n][key] for n in names], color=[f"C{i}" for i in range(len(names))]
-        )
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_title(key)
+        _panel(ax, key, names, [by_model[n][key] for n in names])
     fig.suptitle(section)
     fig.tight_layout()
+    _save(fig, path)
+
+
+def _plot_keys(by_model: dict[str, dict[str, Any]]) -> list[str]:
+    """The float metrics every model has, without counts that only size the run."""
+    skip = ("tokens", "responses", "n", "count", "samples")
+    return [
+        k
+        for k in dict.fromkeys(k for m in by_model.values() for k in m)
+        if all(isinstance(m.get(k), float) for m in by_model.values()) and k not in skip
+    ]
+
+
+def _summary_plot(bars: dict[str, dict[str, dict[str, Any]]], wins: list[dict[str, Any]], path: Path) -> None:
+    """Every compared metric of the report in one figure (a row per section) and the win rates: the page to look at."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(section, _plot_keys(by_model)) for section, by_model in bars.items()]
+    rows = [(s, k) for s, k in rows if k]
+    cols = max([len(k) for _, k in rows] + [1])
+    n_rows = len(rows) + (1 if wins else 0)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.2 * cols, 3.3 * n_rows), squeeze=False)
+    for r, (section, keys) in enumerate(rows):
+        names = list(bars[section])
+        for c in range(cols):
+            ax = axes[r][c]
+            if c >= len(keys):
+                ax.axis("off")
+                continue
+            _panel(ax, keys[c], names, [bars[section][n][keys[c]] for n in names])
+            if c == 0:
+                ax.set_ylabel(section)
+    if wins:
+        ax = axes[-1][0]
+        labels = [f"{w['a']} vs {w['b']}" for w in wins]
+        rates = [w["win_rate"] for w in wins]
+        err = [
+            [x - w["ci_low"] for x, w in zip(rates, wins)],
+            [w["ci_high"] - x for x, w in zip(rates, wins)],
+        ]
+        ax.barh(range(len(labels)), rates, xerr=err, capsize=3, color="C0")
+        for i, w in enumerate(wins):
+            ax.text(min(w["ci_high"] + 0.02, 0.9), i, f"{w['win_rate']:.2f}", va="center", fontsize=8)
+        ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_title("win rate (95% CI)", fontsize=9)
+        for c in range(1, cols):
+            axes[-1][c].axis("off")
+    fig.suptitle("posttrain eval: summary")
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     _save(fig, path)
 
 
@@ -170,6 +263,8 @@ def _win_rate_plot(win_rates: list[dict[str, Any]], path: Path) -> None:
     ]
     fig, ax = plt.subplots(figsize=(5, 0.6 * len(labels) + 1.5))
     ax.barh(range(len(labels)), rates, xerr=err, capsize=4, color="C0")
+    for i, w in enumerate(win_rates):
+        ax.text(min(w["ci_high"] + 0.02, 0.9), i, f"{w['win_rate']:.2f}", va="center", fontsize=8)
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlim(0, 1)
@@ -200,6 +295,8 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     if wins:
         written.append(out_dir / "plot_win_rates.png")
         _win_rate_plot(wins, written[-1])
+    written.append(out_dir / "summary.png")
+    _summary_plot(bars, wins or [], written[-1])
     return written
 
 
