@@ -77,6 +77,17 @@ def test_the_wheel_with_runtime_dependencies_only(venv, tmp_path):
     args = [f"model={d / 'model'}", f"data={d / 'sft.jsonl'}", f"output_dir={out}", "train.max_steps=2"]
     run([cli, "sft", *args, "train.batch_size=4"], env=env, cwd=tmp_path)
     assert (out / "final" / "model.safetensors").is_file()
+    run(
+        [cli, "recipes", "cp", "sft_lora", str(tmp_path / "recipe.yaml")], env=env, cwd=tmp_path
+    )  # in the wheel
+    args = [f"model={d / 'model'}", f"data={d / 'sft.jsonl'}", f"output_dir={tmp_path / 'lora'}"]
+    run(
+        [cli, "sft", "--config", str(tmp_path / "recipe.yaml"), *args, "train.max_steps=2"],
+        env=env,
+        cwd=tmp_path,
+    )
+    assert (tmp_path / "lora" / "final" / "adapter_config.json").is_file()
+    assert "model.quantization" in run([cli, "sft", "--help"], env=env, cwd=tmp_path).stdout
 
     ev = tmp_path / "eval"
     run(

@@ -104,11 +104,12 @@ def _show(value: Any) -> str:
     return text[:-4].strip() if text.endswith("...") else text
 
 
-def help_text(cls: type, width: int = 110) -> str:
+INTRO = "config keys (--config FILE.yaml and/or key=value; `posttrain config COMMAND` prints a file):"
+
+
+def help_text(cls: type, width: int = 110, intro: str = INTRO) -> str:
     """The keys of `cls` grouped by section: `  name (type, default D)` then the doc, wrapped and indented."""
-    lines: list[str] = [
-        "config keys (--config FILE.yaml and/or key=value; `posttrain config COMMAND` prints a file):"
-    ]
+    lines: list[str] = [intro]
     section = None
     for k in keys(cls):
         head = k.name.rsplit(".", 1)[0] if "." in k.name else ""

@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="posttrain demo",
         description=__doc__.splitlines()[0],
-        epilog=help_text(DemoSettings)
-        .replace("COMMAND", "demo")
-        .replace("config keys", "settings (key=value)"),
+        epilog=help_text(
+            DemoSettings, intro="settings (key=value overrides; `posttrain config demo` prints them all):"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (what CI runs)")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--study",
         choices=["peft"],
-        help="instead of the pipeline: full tuning and the four PEFT methods, equal budgets, at several sizes",
+        help="instead of the pipeline: full tuning and every PEFT method, equal budgets, at several sizes",
     )
     p.add_argument("--models", help="with --study: comma-separated model directories or hub names to study")
     p.add_argument("--data", help="with --study --models: your SFT data (comma-separated files)")

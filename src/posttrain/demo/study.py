@@ -1,4 +1,4 @@
-"""`posttrain demo --study peft`: full tuning and the four PEFT methods under one protocol, across model sizes.
+"""`posttrain demo --study peft`: full tuning and every PEFT method under one protocol, across model sizes.
 
     posttrain demo --study peft --out study_out                          # the world, at each `study_sizes` base
     posttrain demo --study peft --models DIR_A,DIR_B --data my.jsonl      # your models on your data
