@@ -28,6 +28,7 @@ from posttrain.bench.workload import (
     bench_model,
     dpo_texts,
     lora_peft,
+    setup,
     train_anchor,
     training_result,
     words,
@@ -38,7 +39,7 @@ N_PAIRS, BATCH, BETA = DPO_PAIRS, 8, 0.1
 bench_texts = dpo_texts  # the name this module used to define
 
 
-def bench_pairs(n: int = N_PAIRS, seed: int = 0) -> list[PairSample]:
+def bench_pairs(n: int | None = None, seed: int = 0) -> list[PairSample]:
     """The anchor's pairs as the anchor's tokenizer encodes them; responses end in EOS as TRL's do."""
     tok = anchor_tokenizer()
 
@@ -59,7 +60,13 @@ def run(share_prompt: bool = True, group_by_length: bool = True) -> dict:
 
     model = apply_peft(bench_model(), lora_peft())
     train = TrainConfig(
-        batch_size=BATCH, epochs=1.0, lr=1e-4, schedule="linear", progress=False, max_length=512
+        batch_size=BATCH,
+        epochs=1.0,
+        lr=1e-4,
+        schedule="linear",
+        progress=False,
+        max_length=512,
+        mixed_precision=setup().mixed_precision,
     )
     collate = shared_prompt_collate if share_prompt else pair_collate
     source = PreferenceBatches(
@@ -93,4 +100,5 @@ def anchor() -> dict:
 
 def _result(side: str, wall: float, cpu: float, final_loss: float, steps: int) -> dict:
     """final_loss: the mean training loss over the run on both sides (TRL's `training_loss`)."""
-    return training_result(side, "dpo-lora", "pairs", N_PAIRS, wall, cpu, final_loss, steps)
+    pairs = setup().n(N_PAIRS)
+    return training_result(side, "dpo-lora", "pairs", pairs, wall, cpu, final_loss, steps)

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from posttrain.bench.workload import (
-    RL_PROMPTS,
     anchor_args,
     anchor_lora,
     anchor_tokenizer,
@@ -27,11 +26,17 @@ from posttrain.bench.workload import (
     lora_peft,
     result,
     rl_prompts,
+    setup,
     train_anchor,
     words,
 )
 
 anchor_model, anchor_prompts = bench_model, rl_prompts  # the names this module used to define
+
+
+def sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -41,20 +46,21 @@ anchor_model, anchor_prompts = bench_model, rl_prompts  # the names this module 
 def rollout_ours() -> dict[str, Any]:
     from posttrain.rollout import generate
 
-    model, tok, prompts = bench_model().eval(), anchor_tokenizer(), rl_prompts()
+    model, tok, prompts = bench_model(sampling=True).eval(), anchor_tokenizer(), rl_prompts()
     t = time.perf_counter()
     ro = generate(
         model, tok, prompts, max_new_tokens=128, min_new_tokens=128, temperature=1.0, batch_size=64, seed=0
     )
+    sync()
     wall = time.perf_counter() - t
     n = sum(len(r) for r in ro.response_ids)
     return result("posttrain", "rollout", new_tokens=n, tokens_per_s=n / wall, wall_s=wall)
 
 
 def rollout_anchor() -> dict[str, Any]:
-    model, prompts = bench_model().eval(), rl_prompts()
+    model, prompts = bench_model(sampling=True).eval(), rl_prompts()
     L = max(map(len, prompts))
-    ids = torch.tensor([[1] * (L - len(p)) + p for p in prompts])
+    ids = torch.tensor([[1] * (L - len(p)) + p for p in prompts], device=setup().device)
     att = (ids != 1).long()
     with torch.no_grad():
         t = time.perf_counter()
@@ -68,6 +74,7 @@ def rollout_anchor() -> dict[str, Any]:
             top_p=1.0,
             pad_token_id=1,
         )
+        sync()
         wall = time.perf_counter() - t
     n = (out.shape[1] - L) * len(prompts)
     return result("transformers", "rollout", new_tokens=n, tokens_per_s=n / wall, wall_s=wall)
@@ -137,7 +144,7 @@ def _rl_run(workload: str, estimator: dict[str, Any]) -> dict[str, Any]:
         schedule="linear",  # TRL: linear decay, no warmup, max_grad_norm 1.0, no weight decay
         progress=False,
         resume=False,
-        mixed_precision="no",
+        mixed_precision=setup().mixed_precision,
         log_every=1000,
     )
     t = time.perf_counter()
@@ -189,5 +196,5 @@ def rl_lora_anchor() -> dict[str, Any]:
         **anchor_args(),
     )
     _, wall, _ = train_anchor(GRPOTrainer, model, args, rows, tok, anchor_lora(), reward_funcs=reward)
-    n = RL_PROMPTS * args.num_generations
+    n = len(rows) * args.num_generations
     return result("trl", "rl-lora", completions=n, completions_per_s=n / wall, wall_s=wall)

@@ -18,6 +18,7 @@ from posttrain.bench.workload import (  # noqa: F401  (bench_model, bench_rows, 
     bench_model,
     lora_peft,
     peak_rss_mib,
+    setup,
     training_result,
 )
 from posttrain.bench.workload import sft_rows as bench_rows
@@ -45,7 +46,7 @@ def run(lora: bool) -> dict:
         progress=False,
         group_by_length=True,
         seed=0,
-        mixed_precision="no",
+        mixed_precision=setup().mixed_precision,
         resume=False,
     )
     source = SFTBatches(samples, cfg.batch_size, cfg.grad_accum, group_by_length=True, seed=0, pad_id=1)
