@@ -137,6 +137,16 @@ ATTN_IMPLEMENTATIONS = (
 
 
 @dataclass
+class RolloutConfig:
+    """How responses are sampled (PPO, GRPO, RLOO, eval)."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    """hf: posttrain's decode loop over the model, on any device; vllm: a vLLM engine colocated on the GPU (the
+    `[vllm]` extra), the policy's weights (LoRA merged) pushed to it before each rollout and the log-probs recomputed
+    by the trainer's forward (full models and LoRA only; docs/alignment-ppo.md)."""
+
+
+@dataclass
 class ModelConfig:
     """What to load and how: `model: NAME` (the shorthand) or a section with `name` and the keys below.
 

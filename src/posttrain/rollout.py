@@ -13,8 +13,9 @@ top-k and top-p), which PPO needs. Rows stop at any end-of-sequence / end-of-tur
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,22 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn
 
 CHECK_EVERY = 8
 """Decode steps between checks that all rows have finished (each check syncs with the device)."""
+
+BACKENDS = ("hf", "vllm")
+_BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar("rollout_backend", default="hf")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Inside the block `generate(...)` without a `backend` samples with `name` (`rollout.backend`: hf | vllm), so a
+    command sets it once for every generation it makes (evaluation, labelling)."""
+    if name not in BACKENDS:
+        raise ValueError(f"rollout backend must be one of {BACKENDS}, got {name!r}")
+    token = _BACKEND.set(name)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
 
 
 @dataclass
@@ -294,6 +311,7 @@ def generate(
     stop_ids: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     fuse_lora: bool | None = None,
+    backend: str | None = None,
 ) -> Rollout:
     """Sample one response per prompt (token-id lists, e.g. from `encode_prompt`), `batch_size` prompts at a time.
 
@@ -301,13 +319,19 @@ def generate(
     (PPO keeps one across rollouts and saves it for exact resume). `stop_ids` defaults to `stop_token_ids`.
     `fuse_lora` samples with each LoRA layer's weight fused (`peft.lora.fused_for_sampling`: one matmul per
     projection, one extra copy of the targeted weights while sampling); None: on CPU only, where memory is cheap and
-    the adapter's extra matmuls cost 1.5x in decode time."""
+    the adapter's extra matmuls cost 1.5x in decode time. `backend` "vllm" samples through a colocated vLLM engine
+    (`posttrain.rollout_vllm`; log-probs then come from the model's own forward); None: `use_backend`'s, else "hf"."""
     if do_sample and temperature <= 0:
         raise ValueError(
             f"temperature must be > 0 when sampling, got {temperature}; use do_sample=False for greedy"
         )
     if not prompts:
         return Rollout([], [], [], [], [])
+    if (backend or _BACKEND.get()) == "vllm":
+        return _generate_vllm(
+            model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, min_new_tokens,
+            stop_ids, seed, generator,
+        )  # fmt: skip
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
@@ -342,7 +366,33 @@ def generate(
     return Rollout([list(p) for p in prompts], responses, logps, texts, finished)
 
 
+def _generate_vllm(
+    model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, min_new_tokens, stop_ids,
+    seed, generator,
+) -> Rollout:  # fmt: skip
+    """`generate` through vLLM: the engine samples, the model's own forward gives the log-probs (at the sampling
+    temperature), so an importance ratio against them is exact whatever the engine's kernels round."""
+    from posttrain.rollout_vllm import sample_vllm
+
+    stops = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    responses = sample_vllm(
+        model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, min_new_tokens, stops,
+        generator,
+    )  # fmt: skip
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    policy = getattr(model, "policy", model)
+    logps = response_logprobs(
+        policy, prompts, responses, pad_id, temperature=temperature if do_sample else 1.0
+    )
+    finished = [bool(r) and r[-1] in set(stops) for r in responses]
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    return Rollout([list(p) for p in prompts], responses, logps, texts, finished)
+
+
 __all__ = [
+    "BACKENDS",
     "Rollout",
     "Sampler",
     "decode",
@@ -353,4 +403,5 @@ __all__ = [
     "left_pad",
     "position_ids_from_mask",
     "stop_token_ids",
+    "use_backend",
 ]

@@ -119,8 +119,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from posttrain.bench.cli import WORKLOADS as ALL
-    from posttrain.bench.cli import compare
+    from posttrain.bench.sides import WORKLOADS as ALL
+    from posttrain.bench.sides import compare
 
     p = ArgumentParser(prog="posttrain bench gpu", description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=["0.5b", "1b"], help="model shapes (workload.SHAPES)")

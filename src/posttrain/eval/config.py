@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from posttrain.config import RolloutConfig
 from posttrain.eval.accuracy import DEFAULT_METRICS
 
 
@@ -134,3 +135,4 @@ class EvalConfig:
     accuracy: AccuracyArgs = field(default_factory=AccuracyArgs)
     preference: PreferenceArgs = field(default_factory=PreferenceArgs)
     safety: SafetyArgs = field(default_factory=SafetyArgs)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)

@@ -26,6 +26,7 @@ from posttrain.eval.safety import (
     load_phrases,
     refusal_rate,
 )
+from posttrain.rollout import use_backend
 
 
 def load_model(model: str, adapter: str | None, cfg: EvalConfig):
@@ -313,14 +314,23 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         results["metrics"].setdefault("accuracy", {})["predictions"] = scored["overall"]
         results["per_task"]["predictions"] = scored["per_task"]
         results["rows"]["predictions"] = scored["rows"]
+    if cfg.rollout.backend == "vllm":  # refused before any model loads when vLLM cannot run here
+        from posttrain.rollout_vllm import check_supported
+
+        check_supported()
     ctx = Context(cfg, inputs, results)
     _setup(ctx)
     for spec in specs:
         model, tok = load_model(spec.model, spec.adapter, cfg)
-        for section in sections:
-            results["metrics"].setdefault(section, {})[spec.name] = SECTIONS[section](
-                ctx, spec.name, model, tok
-            )
+        if cfg.rollout.backend == "vllm":
+            from posttrain.rollout_vllm import check_supported
+
+            check_supported(model)
+        with use_backend(cfg.rollout.backend):
+            for section in sections:
+                results["metrics"].setdefault(section, {})[spec.name] = SECTIONS[section](
+                    ctx, spec.name, model, tok
+                )
         del model
         _free_memory()
     _pairwise_win_rates(ctx)

@@ -58,6 +58,7 @@ def sample_responses(
     temperature: float,
     template: str,
     seed: int,
+    backend: str = "hf",
 ) -> list[dict]:
     """Sample K responses per prompt with the rollout engine."""
     from posttrain.artifacts import load_for_inference
@@ -65,7 +66,13 @@ def sample_responses(
     from posttrain.data.schema import Message
     from posttrain.rollout import generate
 
+    if backend == "vllm":
+        from posttrain.rollout_vllm import check_supported
+
+        check_supported()  # before the model loads
     policy, tok = load_for_inference(model, adapter=adapter)
+    if backend == "vllm":
+        check_supported(policy)
     rows = [
         (n, _prompt_of(row, prompts_path, n), row.get("meta", {})) for n, row in _read_jsonl(prompts_path)
     ]
@@ -79,6 +86,7 @@ def sample_responses(
         temperature=temperature,
         seed=seed,
         progress=True,
+        backend=backend,
     )
     return [
         {"prompt": p, "responses": out.texts[i * k : (i + 1) * k], "meta": {**meta, "model": model}}
@@ -177,6 +185,12 @@ def parser() -> argparse.ArgumentParser:
         "--template", default="auto", help="chat template (auto: the tokenizer's own, else chatml)"
     )
     a.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    a.add_argument(
+        "--backend",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="sampler: posttrain's decode loop, or vLLM (GPU)",
+    )
     a.add_argument("--responses", help="JSONL of {prompt|messages, responses: [...]} to import")
     a.add_argument("--max-labels", type=_at_least(1), default=1, help="show each task to up to M labellers")
     t = sub.add_parser("token", help="create a labeller and print their token")
@@ -235,6 +249,7 @@ def add(args) -> int:
             args.temperature,
             args.template,
             args.seed,
+            args.backend,
         )
     )
     n = Store(args.db).add_tasks(items, max_labels=args.max_labels)

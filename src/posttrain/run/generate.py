@@ -39,6 +39,12 @@ def parse_args(argv: list[str]):
     p.add_argument("--batch-size", type=positive(int), default=16, help="prompts decoded together")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     p.add_argument(
+        "--backend",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="sampler: posttrain's decode loop, or vLLM (GPU)",
+    )
+    p.add_argument(
         "--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (auto: bf16 on CUDA, else fp32)"
     )
     p.add_argument("--device", default="auto", help="cuda | mps | cpu | auto")
@@ -57,7 +63,13 @@ def run(args) -> int:
         get_template(args.template, None)
     rows = read_nonempty(args.prompts)
     chats = [prompt_messages(row, path, line, args.system)[0] for path, line, row in rows]
+    if args.backend == "vllm":
+        from posttrain.rollout_vllm import check_supported
+
+        check_supported()  # before the model loads
     model, tok = load_for_inference(args.model, args.adapter, dtype=args.dtype, device=args.device)
+    if args.backend == "vllm":
+        check_supported(model)
     prompts = [encode_prompt(tok, msgs, args.template) for msgs in chats]
     greedy = args.temperature <= 0
     ro = generate(
@@ -72,6 +84,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         progress=True,  # a bar on a terminal, plain lines in a log (posttrain.progress)
+        backend=args.backend,
     )
     with atomic_open(out) as f:
         for (_, _, row), text, ids, done in zip(rows, ro.texts, ro.response_ids, ro.finished):

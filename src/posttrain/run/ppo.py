@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from posttrain.artifacts.ppo import CRITIC_DIR, VALUE_HEAD_FILE, load_value_head, save_value_head  # noqa: F401
-from posttrain.config import ConfigError, RunConfig
+from posttrain.config import ConfigError, RolloutConfig, RunConfig
 from posttrain.data.schema import PromptRow
 from posttrain.objectives import verifiable
 from posttrain.objectives.ppo import PolicyWithValue, PPOArgs, PPOObjective, RewardFn
@@ -38,6 +38,7 @@ class PPOConfig(RunConfig):
     """`posttrain ppo`: PPO against a reward model or reward function, KL-regularised towards the SFT model."""
 
     ppo: PPOArgs = field(default_factory=PPOArgs)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 
 GRPO = dict(
@@ -254,7 +255,13 @@ def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource
     a = cfg.ppo
     check_args(a, cfg.train.batch_size)
     distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
+    if cfg.rollout.backend == "vllm":  # refused before anything loads when vLLM cannot run here
+        from posttrain.rollout_vllm import check_supported
+
+        check_supported()
     policy, tokenizer = setup_model(cfg)
+    if cfg.rollout.backend == "vllm":
+        check_supported(policy)
     critic = _critic(cfg, policy)
     ref_model = None
     if cfg.peft.method == "none":  # full fine-tuning: the reference is a frozen copy of the starting model
@@ -280,6 +287,7 @@ def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource
         ref_model,
         ptx,
         Path(cfg.output_dir) / STATE_DIR,
+        backend=cfg.rollout.backend,
         **distributed.shard_args(),  # under torchrun: this rank's prompts, global whitening
     )
     return model, tokenizer, objective, source

@@ -72,6 +72,7 @@ class PPOSource:
         state_dir: str | Path | None = None,
         rank: int = 0,
         world_size: int = 1,
+        backend: str = "hf",
     ):
         self.model, self.tokenizer, self.prompts, self.reward, self.args = (
             model,
@@ -81,6 +82,7 @@ class PPOSource:
             args,
         )
         self.micro, self.seed, self.ref_model, self.ptx = micro_batch_size, seed, ref_model, ptx
+        self.backend = backend  # rollout.backend: hf | vllm (posttrain.rollout_vllm)
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
         if len(prompts) < world_size:
@@ -251,6 +253,7 @@ class PPOSource:
             batch_size=len(rows),
             min_new_tokens=a.min_new_tokens,
             generator=self.generator,
+            backend=self.backend,
         )
         data = prompt_response_rows([r.ids for r in rows], ro.response_ids, self.pad_id)
         data.update(self._score_tokens(data, policy=not a.on_policy))
