@@ -433,3 +433,23 @@ def test_prompts_from_real_data(name):
         assert rows[0].messages == [{"role": "user", "content": first["prompt"]}]
     else:
         assert rows[0].messages[0]["content"] in first["chosen"]
+
+
+def test_ranks_keep_their_own_source_state_in_a_shared_output_directory(tmp_path):
+    """Under torchrun every rank checkpoints its sampling RNG and rollout buffer into the same `ppo_state/`; with one
+    file name per step the ranks overwrote each other's and every rank resumed with the last writer's generator."""
+    from posttrain.errors import UserError
+
+    sources = [make_source(tmp_path, rank=r, world_size=2)[1] for r in range(2)]
+    for s in sources:
+        s.next_step()  # one rollout each: the ranks' generators and buffers now differ
+    states = [s.state_dict() for s in sources]  # each rank writes its files; the loop keeps rank 0's dict
+    want = [s.generator.get_state() for s in sources]
+    for r in range(2):
+        fresh = make_source(tmp_path, rank=r, world_size=2)[1]
+        fresh.load_state_dict(states[0])
+        assert torch.equal(fresh.generator.get_state(), want[r]), f"rank {r} resumed another rank's sampler"
+        assert torch.equal(fresh.buffer["data"]["input_ids"], sources[r].buffer["data"]["input_ids"])
+    one = make_source(tmp_path, rank=0, world_size=1)[1]  # a different world size: refused, naming why
+    with pytest.raises(UserError, match="world size"):
+        one.load_state_dict(states[0])

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from posttrain.data.schema import PromptRow
+from posttrain.errors import UserError
 from posttrain.head_logprobs import column_logprobs
 from posttrain.modeling import response_columns
 from posttrain.objectives.advantages import equal_groups, group_advantages, kl_estimate, returns_to_go
@@ -128,10 +129,10 @@ class PPOSource:
         with the sampling RNG and the rollout buffer. The newest KEEP_STATE_FILES are kept, so the newest complete
         checkpoint always has its own."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        name = f"source-step-{self.steps}"
+        name = self._state_file(self.steps, self.rank)
         save_tree(self.state_dir / name, {"generator": self.generator.get_state(), "buffer": self.buffer})
         stems = sorted(
-            {p.name.split(".")[0] for p in self.state_dir.glob("source-step-*.*")},
+            {p.name.split(".")[0] for p in self.state_dir.glob(f"{self._state_file('*', self.rank)}.*")},
             key=lambda n: int(n.rsplit("-", 1)[1]),
         )
         for old in stems[:-KEEP_STATE_FILES]:
@@ -144,10 +145,24 @@ class PPOSource:
             "steps": self.steps,
             "kl_coef": self.kl.value,
             "file": name,
+            "world_size": self.world_size,
         }
 
+    def _state_file(self, steps: int | str, rank: int) -> str:
+        """Each rank's own state file stem in the shared `state_dir` (one process: the name it always had)."""
+        return f"source-step-{steps}" if self.world_size == 1 else f"source-rank{rank}-step-{steps}"
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        blob = load_tree(self.state_dir / state["file"])  # read first: a torn file changes nothing
+        """`state` is the dict the checkpoint holds (rank 0's, as the loop saves one for all); every rank reads its
+        own sampler and rollout buffer from the files named after it."""
+        saved = state.get("world_size", 1)
+        if saved != self.world_size:
+            raise UserError(
+                f"this PPO checkpoint was written at world size {saved}: each rank's sampler and rollout buffer "
+                f"are in it, so resume it with {saved} processes, not {self.world_size}"
+            )
+        name = state["file"] if self.world_size == 1 else self._state_file(state["steps"], self.rank)
+        blob = load_tree(self.state_dir / name)  # read first: a torn file changes nothing
         self.epoch, self.pos, self.rollouts, self.steps = (
             state[k] for k in ("epoch", "pos", "rollouts", "steps")
         )
