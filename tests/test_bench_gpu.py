@@ -14,21 +14,40 @@ from posttrain.bench import gpu, workload
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_suite_runs_on_cpu_with_a_tiny_shape(tmp_path):
+@pytest.mark.parametrize("name", ["rollout", "sft-lora"])
+def test_suite_runs_on_cpu_with_a_tiny_shape(tmp_path, name):
+    """rollout's anchor is transformers' generate(); sft-lora's is TRL (the [bench] extra), skipped without it."""
+    if name == "sft-lora":
+        pytest.importorskip("trl")
     cmd = [sys.executable, "-m", "posttrain", "bench", "gpu", "--shapes", "tiny", "--device", "cpu"]
-    cmd += ["--dtype", "fp32", "--scale", "0.02", "--workloads", "sft-lora", "--out", str(tmp_path)]
+    cmd += ["--dtype", "fp32", "--scale", "0.02", "--workloads", name, "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (tmp_path / "gpu.jsonl").read_text().splitlines()]
-    assert [(r["shape"], r["workload"]) for r in rows] == [("tiny", "sft-lora")]
+    assert [(r["shape"], r["workload"]) for r in rows] == [("tiny", name)]
     for r in rows:
         for side in (r["posttrain"], r["anchor"]):
             assert side["setup"] == {"shape": "tiny", "device": "cpu", "dtype": "fp32", "scale": 0.02}
             assert side["flops_per_s"] > 0 and 0 < side["ceiling_share"] < 2
             assert "mfu" not in side and "cuda_max_allocated_mib" not in side  # CPU: no peak claimed, no CUDA
-    assert rows[0]["posttrain"]["tokens"] == sum(len(ids) for ids, _ in workload.sft_rows(10))
+    if name == "sft-lora":
+        assert rows[0]["posttrain"]["tokens"] == sum(len(ids) for ids, _ in workload.sft_rows(10))
+    else:
+        assert rows[0]["posttrain"]["new_tokens"] == rows[0]["anchor"]["new_tokens"] == 4 * 128
     md = (tmp_path / "gpu.md").read_text().splitlines()
-    assert md[0].startswith("| shape | workload |") and len(md) == 3 and "| tiny | sft-lora |" in md[2]
+    assert md[0].startswith("| shape | workload |") and len(md) == 3 and f"| tiny | {name} |" in md[2]
+
+
+def test_a_failing_side_is_reported_on_stderr_and_the_exit_code(tmp_path, monkeypatch, capsys):
+    from posttrain.bench import sides
+
+    def broken(name, env=None, timeout=None):
+        raise RuntimeError("posttrain bench rollout --json --anchor failed (1):\nTraceback ...")
+
+    monkeypatch.setattr(sides, "compare", broken)
+    assert gpu.main(["--shapes", "tiny", "--workloads", "rollout", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "[bench gpu] tiny rollout: failed: posttrain bench rollout --json --anchor failed (1):" in err
 
 
 def test_rollout_sides_follow_the_setup(monkeypatch):

@@ -157,7 +157,11 @@ def main(argv: list[str]) -> int:
                     summaries[-1]["speedup"] = ours[summaries[0]["metric"]] / vllm["tokens_per_s"]
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 failed += 1
-                print(f"[bench gpu] {shape} {name}: failed: {str(e).splitlines()[0]}", flush=True)
+                print(
+                    f"[bench gpu] {shape} {name}: failed: {str(e).splitlines()[0]}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 continue
             for s in summaries:
                 rows.append(s)
