@@ -8,6 +8,7 @@ pytest process itself, where every distributed helper is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -67,29 +68,79 @@ def build_model(peft: bool, lora_init: bool = False, arch: str = "llama"):
     return model.train()
 
 
-def mini_fit(model, source, steps, strategy, obj=None):
-    """The loop's distributed contract, in a few lines: global unit count, summed grads, one update."""
+def mini_fit(model, source, steps, strategy, obj=None, grad_sync="ddp"):
+    """The loop's own training step (`TrainStep`: global unit count, DDP or FSDP gradient sync, clip, update) for
+    `steps` steps; returns the model, the optimiser and the global step losses."""
+    from posttrain.config import TrainConfig
+    from posttrain.objectives.sft import SFTObjective
+    from posttrain.train import distributed as D
+    from posttrain.train.loop import TrainStep
+
+    model = D.prepare(model, strategy)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    cfg = TrainConfig(max_grad_norm=1.0, mixed_precision="no", strategy=strategy)
+    step = TrainStep(model, obj or SFTObjective(), cfg, opt, sched, torch.device("cpu"), grad_sync=grad_sync)
+    losses = [step.run(source.next_step(), i + 1)["loss"] for i in range(steps)]
+    assert (step.ddp is not None) == (D.is_dist() and strategy == "ddp" and grad_sync == "ddp")
+    return model, opt, losses
+
+
+class Traced:
+    """An objective that appends "forward" to `events` for each micro-batch; with `trace_buckets` the DDP comm
+    hook appends "bucket", so the order shows when gradients are communicated."""
+
+    def __init__(self, inner, events: list):
+        self.inner, self.events = inner, events
+
+    def units(self, batch):
+        return self.inner.units(batch)
+
+    def loss(self, model, batch):
+        self.events.append("forward")
+        return self.inner.loss(model, batch)
+
+
+@contextlib.contextmanager
+def trace_buckets(events: list):
+    from posttrain.train import ddp
+
+    inner = ddp.sum_hook
+
+    def hook(state, bucket):
+        events.append("bucket")
+        return inner(state, bucket)
+
+    ddp.sum_hook = hook
+    try:
+        yield
+    finally:
+        ddp.sum_hook = inner
+
+
+def ddp_accum(out: Path | None, grad_sync="ddp", shard=None):
+    """LoRA SFT with 2 micro-batches per rank per step (4 in one process): the same global batch. Under DDP the
+    comm hook must fire only after the step's last forward (no_sync before it)."""
     from posttrain.objectives.sft import SFTObjective
     from posttrain.train import distributed as D
 
-    model = D.prepare(model, strategy)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3)
-    obj, losses = obj or SFTObjective(), []
-    for _ in range(steps):
-        micro = source.next_step()
-        units = int(D.all_reduce_sum(torch.tensor([sum(obj.units(mb) for mb in micro)])))
-        total = torch.zeros(())
-        for mb in micro:
-            loss = obj.loss(model, mb)[0] / units
-            loss.backward()
-            total += loss.detach()
-        D.sync_gradients(params)
-        D.clip_grad_norm(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(D.all_reduce_sum(total)))
-    return model, opt, losses
+    shard = D.shard_args() if shard is None else shard
+    accum = 2 * WORLD // shard.get("world_size", 1)
+    events: list[str] = []
+    torch.manual_seed(0)
+    with trace_buckets(events):
+        model, _, losses = mini_fit(
+            build_model(True),
+            sft_source(accum, shard),
+            STEPS,
+            "ddp",
+            Traced(SFTObjective(), events),
+            grad_sync,
+        )
+    weights = trained_weights(model)
+    if out is not None and D.is_main():
+        torch.save({"weights": weights, "losses": losses, "events": events}, out)
+    return weights, losses
 
 
 def trained_weights(model) -> dict[str, torch.Tensor]:
@@ -279,10 +330,57 @@ def sft_command(d: Path, variant: str, world_size: int) -> Path:
     return out
 
 
+def rank_reward(prompts, responses, **meta) -> list[float]:
+    """A `ppo.reward` callable that scores every response with its rank's number: the global mean is 0.5."""
+    r = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return [float(r)] * len(responses)
+
+
+RL_PER_RANK = 8
+"""Responses per rollout per rank in the RL command runs."""
+
+
+def rl_command(d: Path, command: str) -> Path:
+    """`posttrain ppo|grpo` with LoRA for 2 steps, a checkpoint each step, reward = the rank's number."""
+    from posttrain.cli import main
+
+    g = random.Random(3)
+    data = d / "prompts.jsonl"
+    if not data.exists() and int(os.environ.get("RANK", "0")) == 0:
+        data.write_text(
+            "".join(json.dumps({"prompt": f"count to {g.randint(2, 9)}"}) + "\n" for _ in range(32))
+        )
+    torch.distributed.barrier()
+    out = d / f"rl-{command}"
+    args = [
+        command,
+        f"model={d / 'model'}",
+        f"data={data}",
+        f"output_dir={out}",
+        "peft.method=lora",
+        "peft.lora.r=4",
+        "train.max_steps=2",
+        "train.save_every=1",
+        "train.batch_size=4",
+        "train.progress=false",
+        f"ppo.rollout_batch_size={RL_PER_RANK}",
+        f"ppo.mini_batch_size={RL_PER_RANK}",
+        "ppo.max_new_tokens=4",
+        "ppo.reward=test_distributed:rank_reward",
+        "device=cpu",
+    ]
+    assert main(args) == 0
+    return out
+
+
 SCENARIOS = {
     "all": lambda out: (
         *(sft_command(out, v, WORLD) for v in COMMAND_VARIANTS),
         run_parity("ddp", True, out / "ddp_lora"),
+        rl_command(out, "ppo"),
+        rl_command(out, "grpo"),
+        ddp_accum(out / "ddp_accum.pt"),
+        ddp_accum(out / "manual_accum.pt", grad_sync="manual"),
         run_parity("fsdp", False, out / "fsdp_full"),
         run_parity("fsdp", False, out / "fsdp_tied", arch="gpt2"),
         dpo_step0(out),
@@ -335,6 +433,26 @@ def test_ddp_lora_matches_one_process(launched):
     assert got["losses"] == pytest.approx(want_losses, abs=1e-5)
     start = {n: p for n, p in build_model(peft=True).named_parameters() if p.requires_grad}
     assert any((start[k] - v).abs().max() > 1e-4 for k, v in want.items()), "training changed nothing"
+
+
+@pytest.mark.parametrize("name", ["ddp_accum", "manual_accum"])
+def test_accumulated_steps_match_one_process(launched, name):
+    """2 ranks x 2 micro-batches = 1 process x 4: the same adapter and losses, through DistributedDataParallel
+    (overlapped, no_sync) and through the hand-rolled all-reduce after the backward."""
+    want, want_losses = ddp_accum(None, shard={})
+    got = torch.load(launched / f"{name}.pt")
+    assert_same(got["weights"], want)
+    assert got["losses"] == pytest.approx(want_losses, abs=1e-5)
+
+
+def test_ddp_communicates_during_the_last_backward_of_a_step(launched):
+    """From step 2 (DDP is built after step 1, synced after its backward) the comm hook fires after each step's
+    second forward and before the next step's first: the first micro-batch ran under no_sync, and the buckets were
+    all-reduced by the backward itself."""
+    events = torch.load(launched / "ddp_accum.pt")["events"]
+    steps = "".join("f" if e == "forward" else "b" for e in events).split("ff")[1:]
+    assert len(steps) == STEPS and steps[0] == "", events
+    assert all(s and set(s) == {"b"} for s in steps[1:]), events
 
 
 @pytest.mark.parametrize("arch, name", [("llama", "fsdp_full"), ("gpt2", "fsdp_tied")])
@@ -470,6 +588,24 @@ def test_torchrun_trains_on_the_global_batches_of_one_process(launched, variant)
     a = load_file(str(one / "final" / "adapter_model.safetensors"))
     b = load_file(str(launched / f"cmd-{variant}-{WORLD}" / "final" / "adapter_model.safetensors"))
     assert_same(b, a)
+
+
+@pytest.mark.parametrize("command", ["ppo", "grpo"])
+def test_rl_commands_log_the_global_rollout_figures(launched, command):
+    """`posttrain ppo|grpo` on 2 ranks (DDP; GRPO's value head sits out, so DDP finds the unused weight) checkpoints
+    every step, and logs the mean and std of the reward over both ranks' responses: rank 0 scores 0, rank 1 scores
+    1, so the mean is 0.5 (rank 0's own would be 0) and the sample std of 8 zeros and 8 ones is sqrt(4/15)."""
+    from posttrain.train.log import read_metrics
+
+    out = launched / f"rl-{command}"
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["reward"] for r in rows] == pytest.approx([0.5, 0.5])
+    assert [r["reward_std"] for r in rows] == pytest.approx([(4 / 15) ** 0.5] * 2)
+    assert all(0 < r["response_length"] <= 4 for r in rows)
+    assert (out / "checkpoints" / "step-2" / "state.json").exists() and (out / "final").is_dir()
+    state = sorted(p.name for p in (out / "ppo_state").iterdir())
+    assert any(n.startswith("source-rank1-step-2") for n in state), state
 
 
 def test_unknown_strategy_is_an_error():

@@ -7,7 +7,9 @@ GAE advantages, then hand out its minibatches for `ppo_epochs` passes.
 Under torchrun every rank samples `rollout_batch_size` responses from its own share of the prompt order (rank r
 of W takes every W-th prompt from position r) with its own sampling seed, and the advantages (and, with
 `whiten_rewards`, the rewards) are whitened with the mean and variance of the global batch
-(`posttrain.train.distributed.global_whiten`, identical to `whiten` in one process).
+(`posttrain.train.distributed.global_whiten`, identical to `whiten` in one process). The rollout's figures
+(reward, its std, kl, response length, equal groups) are means over every rank's responses
+(`global_moments`), so the metrics file and the adaptive KL controller see the global batch.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from posttrain.objectives.ppo import (
     response_forward,
 )
 from posttrain.rollout import generate, prompt_response_rows
-from posttrain.train.distributed import global_whiten
+from posttrain.train.distributed import global_moments, global_whiten
 from posttrain.train.state_io import load_tree, save_tree
 
 KEEP_STATE_FILES = 3
@@ -225,13 +227,14 @@ class PPOSource:
     def _advantages(self, data: dict[str, torch.Tensor], scores: torch.Tensor) -> dict[str, float]:
         """Fill data["advantages"] and data["returns"] by the configured estimator (module docstring of
         `posttrain.objectives.advantages`); keep data["ref_logprobs"] only when the KL goes into the loss.
-        Returns the rollout's mean KL (k1, nats per response) and the estimator's own figures."""
+        Returns per-response figures for the rollout's statistics: the KL (k1, nats per response) and, for grpo /
+        rloo, whether the response's group had equal rewards."""
         a, mask = self.args, data["mask"]
         kl1 = (data["logprobs"] - data["ref_logprobs"]) * mask
         coef = self.kl.value if a.kl_in == "reward" else 0.0
         penalty = kl_estimate(data["logprobs"], data["ref_logprobs"], a.kl_estimator) * mask
         rewards, _ = kl_penalised_rewards(scores, penalty, torch.zeros_like(penalty), mask, coef)
-        out = {"kl": float(kl1.sum(1).mean())}
+        out = {"kl": kl1.sum(1)}
         if a.estimator == "gae":
             if a.whiten_rewards:
                 rewards = global_whiten(rewards, mask, shift_mean=False)
@@ -246,7 +249,7 @@ class PPOSource:
             advantages = per_response[:, None] * mask
             returns = torch.zeros_like(advantages)
             equal = equal_groups(scores, k)
-            out["equal_groups"] = float(equal.float().mean())
+            out["equal_groups"] = equal.float()
             if a.drop_equal_groups and not equal.all():
                 data["mask"] = mask & ~equal[:, None]
         data["advantages"], data["returns"] = advantages * data["mask"], returns
@@ -279,18 +282,11 @@ class PPOSource:
                 data["logprobs"][i, : len(lp)] = torch.tensor(lp)
             data["values"] = torch.zeros_like(data["logprobs"])
         scores = torch.tensor(self.reward(rows, ro.texts, ro.response_ids), dtype=torch.float32)
-        extra = self._advantages(data, scores)
-        mean_kl = extra.pop("kl")
-        stats = {
-            "reward": float(scores.mean()),
-            "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
-            "kl": mean_kl,
-            "kl_coef": self.kl.value,
-            "response_length": float(mask.sum(1).float().mean()),
-            "rollout": float(self.rollouts),
-            **extra,
-        }
-        self.kl.update(mean_kl, len(rows))
+        per_response = {"reward": scores, "response_length": mask.sum(1), **self._advantages(data, scores)}
+        moments = global_moments(per_response)  # over every rank's responses: the same figures on each rank
+        stats = {k: mean for k, (mean, _) in moments.items()}
+        stats.update(reward_std=moments["reward"][1], kl_coef=self.kl.value, rollout=float(self.rollouts))
+        self.kl.update(stats["kl"], len(rows) * self.world_size)  # every rank's controller moves alike
         plan = []
         for e in range(a.ppo_epochs):
             perm = torch.randperm(

@@ -2,12 +2,11 @@
 
     init_from_env()                      # process group from torchrun's env (NCCL on GPUs, gloo on CPU)
     model = prepare(model, "ddp")        # ddp: rank 0's weights everywhere; fsdp: fully_shard layers, trunk, head
-    sync_gradients(params)               # after the step's backward passes: bucketed all-reduce (SUM)
+    ddp = data_parallel(model)           # ddp: PyTorch's DistributedDataParallel around the objective (train/ddp.py)
 
-Why we do not wrap the model in `DistributedDataParallel`: the objectives call the trunk (`base_model`) and
-the LM head separately, which bypasses a wrapper's forward and so its gradient hooks. For adapter training DDP's
-job is one all-reduce of the (few) trainable gradients per optimiser step, so we do exactly that, bucketed and
-flattened, after the step's micro-batches. Every rank divides its summed loss by the *global* unit count, so the
+Under `ddp` the training step runs each objective inside `DistributedDataParallel`'s forward
+(`posttrain.train.ddp`), so gradient buckets are all-reduced while the backward is still running and the step's
+other micro-batches run under `no_sync`. Every rank divides its summed loss by the *global* unit count, so the
 all-reduce is a SUM, and 2 ranks x batch B give the gradient 1 rank x batch 2B gives.
 
 FSDP2 (`fully_shard`) hooks each module it wraps, so it is applied to every decoder layer, the trunk and the LM
@@ -33,13 +32,11 @@ from torch import nn
 
 from posttrain.atomic import fsync_dir, fsync_tree
 from posttrain.train import checkpoint
+from posttrain.train.ddp import data_parallel, sync_gradients  # noqa: F401  (the strategies' gradient sync)
 from posttrain.train.state_io import load_tree, save_tree
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 """train.strategy values; auto = ddp (replicated weights, gradient all-reduce)."""
-
-BUCKET_BYTES = 25 * 2**20
-"""Gradient all-reduce bucket size (DDP's default)."""
 
 DCP_DIR = "sharded"
 """Sub-directory of a checkpoint holding the DCP shards of model + optimiser (FSDP runs)."""
@@ -91,8 +88,15 @@ def init_from_env(timeout_s: int = 1800) -> bool:
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (in place, returned); a no-op in one process."""
-    if is_dist():
+    """Sum over ranks (in place, returned); a no-op in one process. A CPU tensor under NCCL (which reduces GPU
+    memory only: PPO's rollout figures live on the host) makes the trip through this rank's GPU."""
+    if not is_dist():
+        return values
+    if values.device.type == "cpu" and dist.get_backend() == "nccl":
+        on_gpu = values.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu)
+        values.copy_(on_gpu)
+    else:
         dist.all_reduce(values)
     return values
 
@@ -176,42 +180,6 @@ def prepare(model: nn.Module, strategy: str) -> nn.Module:
     return model
 
 
-def sync_gradients(params: list[nn.Parameter], bucket_bytes: int = BUCKET_BYTES) -> None:
-    """Sum the gradients of `params` over ranks in flattened buckets. Sharded (DTensor) gradients are already
-    reduce-scattered by FSDP and are skipped; a missing gradient counts as zeros so every rank sends the same."""
-    if not is_dist():
-        return
-    from torch.distributed.tensor import DTensor
-
-    plain = [p for p in params if not isinstance(p, DTensor)]
-    for p in plain:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
-    for p in plain:
-        by_dtype.setdefault(p.grad.dtype, []).append(p)
-    for group in by_dtype.values():
-        bucket, size = [], 0
-        for p in group:
-            bucket.append(p)
-            size += p.grad.numel() * p.grad.element_size()
-            if size >= bucket_bytes:
-                _reduce_bucket(bucket)
-                bucket, size = [], 0
-        if bucket:
-            _reduce_bucket(bucket)
-
-
-def _reduce_bucket(params: list[nn.Parameter]) -> None:
-    flat = torch.cat([p.grad.reshape(-1) for p in params])  # (sum of numels,)
-    dist.all_reduce(flat)
-    offset = 0
-    for p in params:
-        n = p.grad.numel()
-        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-        offset += n
-
-
 def full_tensor(x: torch.Tensor) -> torch.Tensor:
     """A DTensor's full value (e.g. the grad norm clip_grad_norm_ returns under FSDP); plain tensors unchanged."""
     return x.full_tensor() if hasattr(x, "full_tensor") else x
@@ -256,6 +224,23 @@ def consolidated_copy(model: nn.Module) -> nn.Module | None:
 
 # --------------------------------------------------------------------------------------------------------------
 # global statistics (PPO)
+
+
+def global_moments(rows: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """Mean and sample standard deviation of each per-row figure over the rows of *all* ranks (one all-reduce);
+    in one process, those of the rows given."""
+    keys = sorted(rows)
+    sums = []
+    for k in keys:
+        v = rows[k].double().reshape(-1)
+        sums.append(torch.stack([v.sum(), (v * v).sum(), v.new_tensor(float(v.numel()))]))
+    stats = all_reduce_sum(torch.stack(sums))  # (keys, 3): sum, sum of squares, count
+    out = {}
+    for k, (total, sq, n) in zip(keys, stats.tolist()):
+        mean = total / max(n, 1.0)
+        var = (sq - n * mean * mean) / (n - 1) if n > 1 else 0.0
+        out[k] = (mean, max(var, 0.0) ** 0.5)
+    return out
 
 
 def global_whiten(

@@ -78,10 +78,16 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 class TrainStep:
     """One optimiser step in two halves: `backward` (every micro-batch) and `update` (check, clip, step)."""
 
-    def __init__(self, model, objective, cfg: TrainConfig, optimizer, scheduler, device):
+    def __init__(self, model, objective, cfg: TrainConfig, optimizer, scheduler, device, grad_sync="ddp"):
         self.model, self.objective, self.cfg = model, objective, cfg
         self.optimizer, self.scheduler, self.device = optimizer, scheduler, device
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # under torchrun with replicated weights: DDP overlaps the all-reduce with the backward ("ddp"), or one
+        # bucketed all-reduce after it ("manual", what posttrain.bench.ddp_overlap compares with). DDP is built
+        # after the first step, which shows whether some trainable weight sits out (GRPO's value head): only
+        # then does DDP need find_unused_parameters (a graph walk every step, and a warning when not needed).
+        self.ddp = None
+        self.want_ddp = grad_sync == "ddp" and distributed.is_dist() and not distributed.is_sharded(model)
         self.amp_dtype = autocast_dtype(cfg.mixed_precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
 
@@ -99,24 +105,39 @@ class TrainStep:
             )
         denom = max(units, 1)
         losses, sums, tokens = [], {}, 0
-        for mb in micro:
+        for i, mb in enumerate(micro):
             padding = bool(mb.get(PADDING))  # a rank's stand-in: forward and backward, weight 0
             tokens += 0 if padding else count_tokens(mb)
-            with self.autocast():
-                loss_sum, metrics = self.objective.loss(self.model, to_device(mb, self.device))
-            loss = loss_sum.float() / denom * (0.0 if padding else 1.0)
-            self.scaler.scale(loss).backward()
+            last = i == len(micro) - 1
+            with self._sync(last):  # under DDP, only the last micro-batch's backward communicates
+                with self.autocast():
+                    loss_sum, metrics = self._loss(to_device(mb, self.device))
+                loss = loss_sum.float() / denom * (0.0 if padding else 1.0)
+                self.scaler.scale(loss).backward()
             losses.append(loss.detach())
             for k, v in metrics.items():
                 v = v.detach() if torch.is_tensor(v) else v
                 sums[k] = sums.get(k, 0.0) + v * (0.0 if padding else 1.0)
         per_mb = torch.stack(losses)  # (n_micro,) each micro-batch's share of the step loss
         if distributed.is_dist():  # summed over ranks: every rank divided by the global units
-            distributed.sync_gradients(self.params)
+            if self.ddp is None:  # DDP has reduced during the backward; FSDP's tied embedding is synced here
+                unused = torch.tensor([any(p.grad is None for p in self.params)], device=self.device)
+                distributed.sync_gradients(self.params)
+                if self.want_ddp:
+                    unused = bool(distributed.all_reduce_sum(unused.long()))
+                    self.ddp = distributed.data_parallel(self.model, find_unused_parameters=unused)
             distributed.all_reduce_sum(per_mb)
             tokens = int(distributed.all_reduce_sum(torch.tensor([tokens], device=self.device)))
             sums = self._global_sums(sums)
         return {"per_mb": per_mb, "tokens": tokens, "units": units, "sums": sums}
+
+    def _loss(self, batch: dict[str, Any]):
+        if self.ddp is not None:
+            return self.ddp(self.objective.loss, batch)  # objective.loss(model, batch) inside DDP's forward
+        return self.objective.loss(self.model, batch)
+
+    def _sync(self, last: bool):
+        return self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
 
     def _global_sums(self, sums: dict[str, Any]) -> dict[str, Any]:
         """The objective's metric sums added over ranks (every rank reports the same keys)."""
