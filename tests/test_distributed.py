@@ -68,7 +68,7 @@ def build_model(peft: bool, lora_init: bool = False, arch: str = "llama"):
     return model.train()
 
 
-def mini_fit(model, source, steps, strategy, obj=None, grad_sync="ddp"):
+def mini_fit(model, source, steps, strategy, obj=None, grad_sync="ddp", **fsdp):
     """The loop's own training step (`TrainStep`: global unit count, DDP or FSDP gradient sync, clip, update) for
     `steps` steps; returns the model, the optimiser and the global step losses."""
     from posttrain.config import TrainConfig
@@ -76,7 +76,7 @@ def mini_fit(model, source, steps, strategy, obj=None, grad_sync="ddp"):
     from posttrain.train import distributed as D
     from posttrain.train.loop import TrainStep
 
-    model = D.prepare(model, strategy)
+    model = D.prepare(model, strategy, **fsdp)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     cfg = TrainConfig(max_grad_norm=1.0, mixed_precision="no", strategy=strategy)
@@ -151,20 +151,23 @@ def trained_weights(model) -> dict[str, torch.Tensor]:
 
     if D.is_sharded(model):
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {k: v.clone() for k, v in sd.items()}
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        return {k: v.clone() for k, v in sd.items() if k not in frozen}
     if all(p.requires_grad for p in model.parameters()):
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def run_parity(strategy, peft, out: Path | None, shard=None, arch="llama"):
+def run_parity(strategy, peft, out: Path | None, shard=None, arch="llama", **fsdp):
     """Train STEPS steps; grad_accum is chosen so the global batch is BATCH x WORLD whatever the world size."""
     from posttrain.train import distributed as D
 
     shard = D.shard_args() if shard is None else shard
     accum = WORLD // shard.get("world_size", 1)
     torch.manual_seed(0)
-    model, opt, losses = mini_fit(build_model(peft, arch=arch), sft_source(accum, shard), STEPS, strategy)
+    model, opt, losses = mini_fit(
+        build_model(peft, arch=arch), sft_source(accum, shard), STEPS, strategy, **fsdp
+    )
     weights = trained_weights(model)
     if out is not None:
         if D.is_main():
@@ -260,17 +263,53 @@ class CountingSFT:
         return self.inner.loss(model, batch)[0], {"units_seen": torch.tensor(float(self.units(batch)))}
 
 
-def fit_run(out: Path, steps: int, crash_after: int | None = None, strategy: str = "ddp", shard=None):
-    """The real loop (`fit`) under torchrun: SFT (ddp: LoRA, fsdp: full fine-tuning), checkpoint every step,
-    final model saved; optionally die hard (no cleanup, no final save) once step `crash_after` is saved."""
+def trainer_parts(trainer: str, strategy: str, shard: dict) -> tuple:
+    """Model, objective and source of a `fit` run: SFT (ddp: LoRA, fsdp: full fine-tuning), a reward model, or
+    DPO with a separate reference model called every step (sharded like the policy under fsdp); the global batch
+    is BATCH x WORLD pairs or samples whatever the world size."""
+    from posttrain.data.preference import PreferenceBatches
+    from posttrain.objectives.dpo import DPOArgs, DPOObjective
+    from posttrain.objectives.reward import PairwiseRewardObjective, RewardModel
+    from posttrain.train import distributed as D
+
+    accum = WORLD // shard.get("world_size", 1)
+    if trainer == "sft":
+        return build_model(peft=strategy == "ddp"), CountingSFT(), sft_source(accum, shard)
+    pairs = PreferenceBatches(dpo_pairs(), BATCH, accum, seed=1, pad_id=1, **shard)
+    if trainer == "rm":
+        torch.manual_seed(4)  # the score head
+        return RewardModel(build_model(peft=False)), PairwiseRewardObjective(), pairs
+    ref = build_model(peft=False).requires_grad_(False)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        for p in ref.parameters():  # a reference other than the starting policy: step 1 is not at ln 2
+            p.add_(torch.randn_like(p) * 0.05)
+    if strategy == "fsdp" and D.is_dist():
+        ref = D.shard_model(ref)
+    return build_model(peft=False), DPOObjective(DPOArgs(beta=0.5), ref=ref), pairs
+
+
+def save_weights(model, d: Path) -> None:
+    from safetensors.torch import save_file
+
+    d.mkdir(parents=True)
+    save_file(
+        {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(d / "w.safetensors")
+    )
+
+
+def fit_run(
+    out: Path, steps: int, crash_after: int | None = None, strategy: str = "ddp", shard=None, trainer="sft"
+):
+    """The real loop (`fit`) under torchrun, checkpoint every step, final model saved; optionally die hard (no
+    cleanup, no final save) once step `crash_after` is saved."""
     from posttrain.config import TrainConfig
     from posttrain.train import distributed as D
     from posttrain.train.loop import fit
 
     shard = D.shard_args() if shard is None else shard
     torch.manual_seed(0)
-    model = build_model(peft=strategy == "ddp")
-    source = sft_source(WORLD // shard.get("world_size", 1), shard)
+    model, objective, source = trainer_parts(trainer, strategy, shard)
     if crash_after is not None:
         inner = source.next_step
 
@@ -282,10 +321,16 @@ def fit_run(out: Path, steps: int, crash_after: int | None = None, strategy: str
 
         source.next_step = next_step
     cfg = TrainConfig(
-        max_steps=steps, batch_size=BATCH, lr=1e-3, save_every=1, progress=False, seed=0, strategy=strategy
-    )
-    save = (lambda m, d: m.save_pretrained(d)) if strategy == "fsdp" else (lambda m, d: d.mkdir(parents=True))
-    fit(model, CountingSFT(), source, cfg, out, save_fn=save)
+        max_steps=steps, batch_size=BATCH, lr=1e-3, save_every=1, progress=False, seed=0, strategy=strategy,
+        schedule="constant",
+    )  # fmt: skip
+    if trainer != "sft":
+        save = save_weights
+    elif strategy == "fsdp":
+        save = lambda m, d: m.save_pretrained(d)  # noqa: E731
+    else:
+        save = lambda m, d: d.mkdir(parents=True)  # noqa: E731
+    fit(model, objective, source, cfg, out, save_fn=save)
 
 
 COMMAND_VARIANTS = {"grouped": ["train.group_by_length=true"], "packed": ["train.packing=true"]}
@@ -340,8 +385,9 @@ RL_PER_RANK = 8
 """Responses per rollout per rank in the RL command runs."""
 
 
-def rl_command(d: Path, command: str) -> Path:
-    """`posttrain ppo|grpo` with LoRA for 2 steps, a checkpoint each step, reward = the rank's number."""
+def rl_command(d: Path, command: str, strategy: str = "ddp", full: bool = False) -> Path:
+    """`posttrain ppo|grpo` with LoRA (or full fine-tuning: a reference copy) for 2 steps, a checkpoint each step,
+    reward = the rank's number."""
     from posttrain.cli import main
 
     g = random.Random(3)
@@ -351,13 +397,14 @@ def rl_command(d: Path, command: str) -> Path:
             "".join(json.dumps({"prompt": f"count to {g.randint(2, 9)}"}) + "\n" for _ in range(32))
         )
     torch.distributed.barrier()
-    out = d / f"rl-{command}"
+    out = d / f"rl-{command}" if strategy == "ddp" else d / f"rl-{command}-{strategy}{'-full' * full}"
     args = [
         command,
         f"model={d / 'model'}",
         f"data={data}",
         f"output_dir={out}",
-        "peft.method=lora",
+        f"train.strategy={strategy}",
+        f"peft.method={'none' if full else 'lora'}",
         "peft.lora.r=4",
         "train.max_steps=2",
         "train.save_every=1",
@@ -383,6 +430,12 @@ SCENARIOS = {
         ddp_accum(out / "manual_accum.pt", grad_sync="manual"),
         run_parity("fsdp", False, out / "fsdp_full"),
         run_parity("fsdp", False, out / "fsdp_tied", arch="gpt2"),
+        run_parity("fsdp", True, out / "fsdp_lora"),
+        run_parity("fsdp", False, out / "fsdp_bf16", mixed_precision=True),
+        *(fit_run(out / f"fsdp_{t}_straight", 4, strategy="fsdp", trainer=t) for t in ("rm", "dpo")),
+        *(fit_run(out / f"fsdp_{t}_half", 2, strategy="fsdp", trainer=t) for t in ("rm", "dpo")),
+        *(rl_command(out, c, "fsdp") for c in ("ppo", "grpo")),
+        rl_command(out, "ppo", "fsdp", full=True),
         dpo_step0(out),
         dpo_parity(out / "dpo_lora.pt"),
         whiten_shards(out),
@@ -453,6 +506,72 @@ def test_ddp_communicates_during_the_last_backward_of_a_step(launched):
     steps = "".join("f" if e == "forward" else "b" for e in events).split("ff")[1:]
     assert len(steps) == STEPS and steps[0] == "", events
     assert all(s and set(s) == {"b"} for s in steps[1:]), events
+
+
+def test_fsdp_lora_matches_one_process(launched):
+    """FSDP2 shards the frozen base and the LoRA weights of each layer together: the same adapter as one process."""
+    want, want_losses, _ = run_parity("fsdp", True, None, shard={})
+    got = torch.load(launched / "fsdp_lora.pt")
+    assert want and all("lora" in k for k in want)
+    assert_same(got["weights"], want)
+    assert got["losses"] == pytest.approx(want_losses, abs=1e-5)
+
+
+def test_fsdp_mixed_precision_trains_the_same_model_within_bf16_rounding(launched):
+    """train.fsdp_mixed_precision (bf16 compute, fp32 reduce and master weights) lands within bf16 rounding of the
+    fp32 run, and its weights stay fp32."""
+    want, want_losses, _ = run_parity("fsdp", False, None, shard={})
+    got = torch.load(launched / "fsdp_bf16.pt")
+    assert all(v.dtype == torch.float32 for v in got["weights"].values())
+    assert got["losses"] == pytest.approx(want_losses, abs=0.05)
+    assert got["losses"] != pytest.approx(want_losses, abs=1e-6)  # it did compute in bf16
+    start = trained_weights(build_model(peft=False))
+    for k in want:  # the bf16 run's update of each weight is the fp32 run's, to within a fifth of its size
+        moved, want_moved = got["weights"][k] - start[k], want[k] - start[k]
+        assert (moved - want_moved).norm() <= 0.2 * want_moved.norm(), k
+
+
+@pytest.mark.parametrize("trainer", ["rm", "dpo"])
+def test_fsdp_reward_model_and_dpo_match_one_process_and_resume_in_one(launched, trainer, tmp_path):
+    """A reward model (sharded LM + replicated score head) and DPO (sharded policy and sharded per-step reference)
+    on 2 ranks: the same losses as one process; stopped at step 2 and resumed by ONE process from the DCP shards
+    (world size 2 -> 1): steps 3-4 and the final weights equal the 4-step 2-rank run."""
+    from safetensors.torch import load_file
+
+    from posttrain.train.log import read_metrics
+
+    losses = lambda d: [r["loss"] for r in read_metrics(d / "metrics.jsonl")]  # noqa: E731
+    straight = launched / f"fsdp_{trainer}_straight"
+    fit_run(tmp_path / "one", 4, strategy="fsdp", shard={}, trainer=trainer)
+    assert len(losses(straight)) == 4
+    assert losses(straight) == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    half = launched / f"fsdp_{trainer}_half"
+    assert (half / "checkpoints" / "step-2" / "sharded").is_dir()
+    fit_run(half, 4, strategy="fsdp", shard={}, trainer=trainer)
+    assert losses(half) == pytest.approx(losses(straight), abs=1e-5)
+    want = load_file(str(straight / "final" / "w.safetensors"))
+    assert_same(load_file(str(half / "final" / "w.safetensors")), want)
+    if trainer == "rm":
+        assert "score_head.weight" in want
+
+
+@pytest.mark.parametrize("name", ["rl-ppo-fsdp", "rl-grpo-fsdp", "rl-ppo-fsdp-full"])
+def test_rl_commands_under_fsdp(launched, name):
+    """`posttrain ppo|grpo train.strategy=fsdp` on 2 ranks: sampling through the sharded policy (ranks decode in
+    step), training, a sharded checkpoint each step, global rollout figures, and a final artefact that loads."""
+    from posttrain.train.log import read_metrics
+
+    out = launched / name
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and [r["reward"] for r in rows] == pytest.approx([0.5, 0.5])
+    assert (out / "checkpoints" / "step-2" / "sharded").is_dir()
+    final = out / "final"
+    if name.endswith("full"):
+        from transformers import AutoModelForCausalLM
+
+        AutoModelForCausalLM.from_pretrained(final)
+    else:
+        assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
 
 
 @pytest.mark.parametrize("arch, name", [("llama", "fsdp_full"), ("gpt2", "fsdp_tied")])
@@ -606,6 +725,14 @@ def test_rl_commands_log_the_global_rollout_figures(launched, command):
     assert (out / "checkpoints" / "step-2" / "state.json").exists() and (out / "final").is_dir()
     state = sorted(p.name for p in (out / "ppo_state").iterdir())
     assert any(n.startswith("source-rank1-step-2") for n in state), state
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU offload is refused only without a GPU")
+def test_fsdp_cpu_offload_without_a_gpu_is_refused_in_one_line():
+    from posttrain.train.fsdp import _policies
+
+    with pytest.raises(ValueError, match="train.fsdp_cpu_offload=true .* no GPU"):
+        _policies(False, True)
 
 
 def test_unknown_strategy_is_an_error():

@@ -86,6 +86,12 @@ class TrainConfig:
     """Resume from the newest checkpoint in output_dir when one exists."""
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     """Distributed strategy under torchrun: auto | ddp | fsdp (single process: ignored)."""
+    fsdp_mixed_precision: bool = False
+    """train.strategy=fsdp: forward and backward on bf16 copies of the gathered weights, gradients reduced in fp32
+    into fp32 shards (FSDP2's MixedPrecisionPolicy); the optimiser keeps fp32 master weights."""
+    fsdp_cpu_offload: bool = False
+    """train.strategy=fsdp: keep parameter shards, gradients and optimiser state in host memory, copied to the GPU
+    layer by layer (FSDP2's CPUOffloadPolicy): less GPU memory, slower steps."""
     overwrite: bool = False
     """When output_dir holds another run (or train.resume=false): move it aside to OUTPUT.old-N and start afresh."""
     progress: bool = True

@@ -238,7 +238,6 @@ def _cache_kwarg(model) -> str:
     return "cache" if _accepts(model, "cache") else "past_key_values"
 
 
-@torch.inference_mode()
 def decode(
     model,
     input_ids: torch.Tensor,
@@ -254,6 +253,14 @@ def decode(
     Returns tokens (B, N) (pad after a row's stop token), logprobs (B, N) float32 (0 after it), lengths (B,) and
     finished (B,) bool. The first forward lets the model create its own cache (prefix adapters pre-fill it).
     """
+    # inference mode, but FSDP's gathered weights are buffers it reuses in training: no_grad for a sharded model
+    with torch.no_grad() if _sharded(model) else torch.inference_mode():
+        return _decode(
+            model, input_ids, attention_mask, max_new_tokens, sampler, stop_ids, pad_id, min_new_tokens
+        )
+
+
+def _decode(model, input_ids, attention_mask, max_new_tokens, sampler, stop_ids, pad_id, min_new_tokens):
     B, L = input_ids.shape
     device = input_ids.device
     stops = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
@@ -271,6 +278,9 @@ def decode(
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     _preallocate(out[cache_kw] if cache_kw in out else out.past_key_values, max_new_tokens)
+    together = _sharded(
+        model
+    )  # FSDP: every rank runs as many forwards (each gathers weights with the others)
     for t in range(max_new_tokens):
         logits = out.logits[:, -1].float()  # (B, V)
         if t < min_new_tokens and len(stops):
@@ -281,7 +291,7 @@ def decode(
         logprobs[:, t] = logp.masked_fill(done, 0.0)
         lengths += (~done).long()
         done |= torch.isin(token, stops)
-        if t == max_new_tokens - 1 or ((t + 1) % CHECK_EVERY == 0 and bool(done.all())):
+        if t == max_new_tokens - 1 or ((t + 1) % CHECK_EVERY == 0 and _all_finished(done, together)):
             break
         cache = out[cache_kw] if cache_kw in out else out.past_key_values
         out = model(
@@ -293,6 +303,21 @@ def decode(
         )
         next_pos = next_pos + 1
     return tokens, logprobs, lengths, done
+
+
+def _sharded(model) -> bool:
+    from posttrain.train import distributed
+
+    return distributed.is_dist() and distributed.is_sharded(model)
+
+
+def _all_finished(done: torch.Tensor, together: bool) -> bool:
+    """Every row finished: this rank's, or with `together` every rank's (one all-reduce)."""
+    if not together:
+        return bool(done.all())
+    from posttrain.train.distributed import all_reduce_sum
+
+    return int(all_reduce_sum((~done).sum().reshape(1))) == 0
 
 
 def generate(
@@ -342,7 +367,7 @@ def generate(
     was_training = model.training
     model.eval()
     if fuse_lora is None:
-        fuse_lora = device.type == "cpu"
+        fuse_lora = device.type == "cpu" and not _sharded(model)  # sharded weights cannot be fused in place
     fused = fused_for_sampling(model) if fuse_lora else contextlib.nullcontext()
     responses, logps, finished = [], [], []
     starts = range(0, len(prompts), batch_size)

@@ -127,8 +127,8 @@ def _reference(cfg: DPOConfig, model, samples: list[PairSample], pad_id: int, co
         device = str(next(model.parameters()).device)
         ref_model, _ = load_for_inference(cfg.dpo.ref_model, dtype=cfg.dtype, device=device)
         ref_model.requires_grad_(False).eval()
-        if plan == "ref_model":
-            return ref_model
+        if plan == "ref_model":  # called every step: sharded like the policy under train.strategy=fsdp
+            return distributed.prepare_frozen(ref_model, cfg.train)
     path = Path(cfg.output_dir) / REF_FILE
     load_or_precompute(
         ref_model, samples, path, pad_id, cfg.train.batch_size, cfg.dpo.ref_model or "policy@0", collate

@@ -266,6 +266,7 @@ def build(cfg: PPOConfig) -> tuple[PolicyWithValue, Any, PPOObjective, PPOSource
     ref_model = None
     if cfg.peft.method == "none":  # full fine-tuning: the reference is a frozen copy of the starting model
         ref_model = copy.deepcopy(policy).requires_grad_(False).eval()
+        ref_model = distributed.prepare_frozen(ref_model, cfg.train)  # sharded like the policy under fsdp
     model = PolicyWithValue(policy, critic)
     load_value_head(
         model, cfg.adapter or cfg.model.name

@@ -9,10 +9,11 @@ Under `ddp` the training step runs each objective inside `DistributedDataParalle
 other micro-batches run under `no_sync`. Every rank divides its summed loss by the *global* unit count, so the
 all-reduce is a SUM, and 2 ranks x batch B give the gradient 1 rank x batch 2B gives.
 
-FSDP2 (`fully_shard`) hooks each module it wraps, so it is applied to every decoder layer, the trunk and the LM
-head (the modules the objectives call), then the root; a tied embedding stays replicated (the head that shares it
-runs outside the trunk's group) and its gradient is all-reduced like DDP's. Gradients are reduce-scattered with divide factor 1 (the
-loss is already normalised by the global count). Checkpoints of a sharded model go through
+Under `fsdp`, FSDP2 (`fully_shard`, `posttrain.train.fsdp`) shards every decoder layer, trunk and LM head of each
+causal LM in the model (SFT's LM, the reward model's, PPO's policy, critic and reference); small heads, a tied
+embedding and virtual tokens stay replicated and their gradients are all-reduced like DDP's. Gradients are
+reduce-scattered with divide factor 1 (the loss is already normalised by the global count). Checkpoints of a
+sharded model go through
 `torch.distributed.checkpoint` (DCP): each rank writes its shards, and any world size can load them back (read
 with `safe_dcp`, which unpickles nothing but DCP's own metadata classes).
 """
@@ -33,6 +34,7 @@ from torch import nn
 from posttrain.atomic import fsync_dir, fsync_tree
 from posttrain.train import checkpoint
 from posttrain.train.ddp import data_parallel, sync_gradients  # noqa: F401  (the strategies' gradient sync)
+from posttrain.train.fsdp import consolidated_copy, shard_model  # noqa: F401
 from posttrain.train.state_io import load_tree, save_tree
 
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -124,59 +126,26 @@ def broadcast_parameters(model: nn.Module) -> None:
             dist.broadcast(p.data, src=0)
 
 
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks FSDP shards one by one: modules whose class is in `_no_split_modules`."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:  # fall back to the longest ModuleList (the layer stack of most architectures)
-        lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-        layers = list(max(lists, key=len)) if lists else []
-    return layers
-
-
-def shard_model(model: nn.Module) -> nn.Module:
-    """fully_shard each decoder layer, the trunk, the (untied) LM head, then the root; gradients summed."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-
-    from posttrain.modeling import logits_path, trunk
-
-    logits_path(model)  # resolved before sharding (its probe is a forward of the whole model)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    body = trunk(model)
-    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    # a tied LM head shares the embedding matrix: that one stays replicated (its gradient is all-reduced by
-    # sync_gradients), since the head is called outside the trunk whose group would own it
-    tied = {p for p in head.parameters() for q in embed.parameters() if p is q} if head and embed else set()
-    for layer in decoder_layers(model):
-        fully_shard(layer)
-    fully_shard(body, ignored_params=tied)
-    if head is not None and not tied:
-        fully_shard(head)
-    fully_shard(model, ignored_params=tied)
-    for m in model.modules():
-        if isinstance(m, FSDPModule):
-            m.set_gradient_divide_factor(1.0)  # the loss is already divided by the global unit count
-            m.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
-    return model
-
-
-def prepare(model: nn.Module, strategy: str) -> nn.Module:
-    """Make `model` ready for multi-rank training (a no-op in one process). Call before building the optimiser."""
+def prepare(
+    model: nn.Module, strategy: str, mixed_precision: bool = False, cpu_offload: bool = False
+) -> nn.Module:
+    """Make `model` ready for multi-rank training (a no-op in one process). Call before building the optimiser.
+    ddp: rank 0's trainable weights everywhere (DDP itself is built by the training step); fsdp: `shard_model`
+    with bf16 compute (`mixed_precision`) and host-memory shards (`cpu_offload`)."""
     strategy = resolve_strategy(strategy)
     if not is_dist():
         return model
     if strategy == "fsdp":
-        if any(not p.requires_grad for p in model.parameters()):
-            raise ValueError(
-                "train.strategy=fsdp is for full fine-tuning (peft.method=none); train adapters with ddp"
-            )
-        if not (hasattr(model, "config") and hasattr(model, "get_decoder")):
-            raise ValueError(
-                f"train.strategy=fsdp shards Hugging Face causal LMs (sft, dpo); {type(model).__name__} is "
-                "not one (reward / value models): use ddp"
-            )
-        return shard_model(model)
+        return shard_model(model, mixed_precision, cpu_offload)
     broadcast_parameters(model)
+    return model
+
+
+def prepare_frozen(model: nn.Module, train) -> nn.Module:
+    """A frozen model used beside the trained one (a DPO or PPO reference), under `train.strategy=fsdp` with
+    several ranks sharded as the trained model is (`train`: the TrainConfig); else unchanged."""
+    if is_dist() and resolve_strategy(train.strategy) == "fsdp":
+        return shard_model(model, train.fsdp_mixed_precision, train.fsdp_cpu_offload)
     return model
 
 
@@ -199,27 +168,6 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     for g in grads:
         g.mul_(coef)
     return total
-
-
-def consolidated_copy(model: nn.Module) -> nn.Module | None:
-    """A plain (unsharded, CPU) copy of an FSDP-sharded Hugging Face model with the full trained weights, on rank 0
-    (None elsewhere); every rank must call it (the gather is a collective). Used for the final `save_pretrained`."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if not is_main():
-        return None
-    with torch.device("meta"):
-        copy = type(model)(model.config)
-    copy.load_state_dict(full, assign=True)
-    buffers = dict(model.named_buffers())
-    for name, buf in list(copy.named_buffers()):
-        if buf.is_meta:  # non-persistent buffers (rotary frequencies) are not in the state dict
-            owner, _, leaf = name.rpartition(".")
-            copy.get_submodule(owner).register_buffer(leaf, buffers[name].detach().cpu(), persistent=False)
-    if hasattr(copy, "tie_weights"):
-        copy.tie_weights()
-    return copy.train(model.training)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -303,11 +251,17 @@ def save_checkpoint(
     return final
 
 
+def _trained_only():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True)  # a frozen base (adapter training) is not checkpointed
+
+
 def _save_sharded(path: Path, model: nn.Module, optimizer) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_trained_only())
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(path))
 
 
@@ -341,10 +295,19 @@ def _load_sharded(path: Path, model: nn.Module, optimizer) -> None:
 
     from posttrain.train.safe_dcp import SafePlanner, SafeReader
 
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_trained_only())
     blob = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(blob, checkpoint_id=str(path), storage_reader=SafeReader(str(path)), planner=SafePlanner())
-    set_state_dict(model, optimizer, model_state_dict=blob["model"], optim_state_dict=blob["optimizer"])
+    # partial: AdamW keeps no state for a weight that never had a gradient (a reward model's unused LM head), and
+    # the state dict asked for here has an entry for every trainable weight; such entries keep their fresh zeros
+    planner = SafePlanner(allow_partial_load=True)
+    dcp.load(blob, checkpoint_id=str(path), storage_reader=SafeReader(str(path)), planner=planner)
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=blob["model"],
+        optim_state_dict=blob["optimizer"],
+        options=_trained_only(),
+    )
 
 
 def consolidate(checkpoint_dir: str | Path, out_file: str | Path) -> dict[str, torch.Tensor]:

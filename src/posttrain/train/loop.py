@@ -408,7 +408,7 @@ def fit(
         enable_gradient_checkpointing(model)
     # under torchrun: ddp / fsdp per train.strategy (callers may have done it already)
     if distributed.is_dist() and not distributed.is_sharded(model):
-        model = distributed.prepare(model, cfg.strategy)
+        model = distributed.prepare(model, cfg.strategy, cfg.fsdp_mixed_precision, cfg.fsdp_cpu_offload)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps(cfg, source))
     run = _Run(out, cfg, model, source, optimizer, scheduler, eval_fn, log_extra)
