@@ -385,10 +385,22 @@ RL_PER_RANK = 8
 """Responses per rollout per rank in the RL command runs."""
 
 
-def rl_command(d: Path, command: str, strategy: str = "ddp", full: bool = False) -> Path:
-    """`posttrain ppo|grpo` with LoRA (or full fine-tuning: a reference copy) for 2 steps, a checkpoint each step,
-    reward = the rank's number."""
+def rl_command(
+    d: Path,
+    command: str,
+    strategy: str = "ddp",
+    full: bool = False,
+    critic: bool = False,
+    steps: int = 2,
+    out: Path | None = None,
+    per_rank: int = RL_PER_RANK,
+    stop_after: int | None = None,
+) -> Path:
+    """`posttrain ppo|grpo` with LoRA (or full fine-tuning: a reference copy; or a separate critic) for `steps`
+    steps, a checkpoint each step, reward = the rank's number; with `stop_after`, every rank leaves the run once
+    that step's checkpoint is written (no final save), as a preempted job would. Also runs in one process."""
     from posttrain.cli import main
+    from posttrain.run.ppo_source import PPOSource
 
     g = random.Random(3)
     data = d / "prompts.jsonl"
@@ -396,8 +408,12 @@ def rl_command(d: Path, command: str, strategy: str = "ddp", full: bool = False)
         data.write_text(
             "".join(json.dumps({"prompt": f"count to {g.randint(2, 9)}"}) + "\n" for _ in range(32))
         )
-    torch.distributed.barrier()
-    out = d / f"rl-{command}" if strategy == "ddp" else d / f"rl-{command}-{strategy}{'-full' * full}"
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    name = (
+        f"rl-{command}" + (f"-{strategy}" if strategy != "ddp" else "") + "-full" * full + "-critic" * critic
+    )
+    out = out or d / (name + "-stopped" * (stop_after is not None))
     args = [
         command,
         f"model={d / 'model'}",
@@ -406,18 +422,41 @@ def rl_command(d: Path, command: str, strategy: str = "ddp", full: bool = False)
         f"train.strategy={strategy}",
         f"peft.method={'none' if full else 'lora'}",
         "peft.lora.r=4",
-        "train.max_steps=2",
+        f"train.max_steps={steps}",
         "train.save_every=1",
         "train.batch_size=4",
         "train.progress=false",
-        f"ppo.rollout_batch_size={RL_PER_RANK}",
-        f"ppo.mini_batch_size={RL_PER_RANK}",
+        f"ppo.rollout_batch_size={per_rank}",
+        f"ppo.mini_batch_size={per_rank // 2}",
         "ppo.max_new_tokens=4",
         "ppo.reward=test_distributed:rank_reward",
         "device=cpu",
+        *(["ppo.value_head=separate"] if critic else []),
     ]
-    assert main(args) == 0
+    if stop_after is None:
+        assert main(args) == 0
+        return out
+    inner = PPOSource.next_step
+
+    def next_step(self):
+        if self.steps == stop_after:
+            torch.distributed.barrier()  # the step's checkpoint is complete on every rank
+            raise Preempted
+        return inner(self)
+
+    PPOSource.next_step = next_step
+    try:
+        main(args)
+    except Preempted:
+        pass
+    finally:
+        PPOSource.next_step = inner
+    assert not (out / "final").exists()
     return out
+
+
+class Preempted(BaseException):
+    """Raised on every rank to leave a run between steps (not an Exception: nothing on the way catches it)."""
 
 
 SCENARIOS = {
@@ -432,10 +471,14 @@ SCENARIOS = {
         run_parity("fsdp", False, out / "fsdp_tied", arch="gpt2"),
         run_parity("fsdp", True, out / "fsdp_lora"),
         run_parity("fsdp", False, out / "fsdp_bf16", mixed_precision=True),
+        run_parity("fsdp", False, out / "fsdp_offload", cpu_offload=True),
         *(fit_run(out / f"fsdp_{t}_straight", 4, strategy="fsdp", trainer=t) for t in ("rm", "dpo")),
         *(fit_run(out / f"fsdp_{t}_half", 2, strategy="fsdp", trainer=t) for t in ("rm", "dpo")),
         *(rl_command(out, c, "fsdp") for c in ("ppo", "grpo")),
         rl_command(out, "ppo", "fsdp", full=True),
+        rl_command(out, "ppo", steps=4, stop_after=2),
+        rl_command(out, "grpo", "fsdp", steps=4, stop_after=2),
+        rl_command(out, "ppo", "fsdp", critic=True, steps=4, stop_after=2),
         dpo_step0(out),
         dpo_parity(out / "dpo_lora.pt"),
         whiten_shards(out),
@@ -574,6 +617,42 @@ def test_rl_commands_under_fsdp(launched, name):
         assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    "name, command, strategy, left",
+    [
+        ("rl-ppo", "ppo", "ddp", 6),
+        ("rl-grpo-fsdp", "grpo", "fsdp", 0),
+        ("rl-ppo-fsdp-critic", "ppo", "fsdp", 6),
+    ],
+)
+def test_rl_checkpoints_resume_at_another_world_size(
+    launched, tmp_path, capfd, name, command, strategy, left
+):
+    """A 2-rank `posttrain ppo|grpo` run stopped at step 2 goes on in ONE process with the same global batch
+    (ppo.rollout_batch_size and ppo.mini_batch_size doubled): the weights come from its DDP checkpoint or FSDP
+    shards, the prompt order goes on where the ranks left it, and the steps left of an interrupted rollout (PPO: 4
+    epochs of 2 minibatches, 6 left after step 2; GRPO: 1 epoch, none) are skipped with one line."""
+    import shutil
+
+    from posttrain.train.log import read_metrics
+
+    run = shutil.copytree(launched / f"{name}-stopped", tmp_path / name)
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+    capfd.readouterr()
+    rl_command(
+        launched, command, strategy, critic="critic" in name, steps=4, out=run, per_rank=2 * RL_PER_RANK
+    )
+    err = capfd.readouterr().err
+    assert "resuming from" in err and "step 2" in err
+    assert (f"the {left} minibatch step(s) left of its rollout are not replayed" in err) == bool(left), err
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["reward"] for r in rows] == pytest.approx([0.5, 0.5, 0.0, 0.0])  # one process: rank 0 scores 0
+    if "critic" in name:
+        assert all("value_loss" in r for r in rows) and (run / "final" / "critic").is_dir()
+    assert (run / "final" / "adapter_model.safetensors").exists()
+
+
 @pytest.mark.parametrize("arch, name", [("llama", "fsdp_full"), ("gpt2", "fsdp_tied")])
 def test_fsdp_full_finetuning_matches_one_process(launched, arch, name):
     want, want_losses, _ = run_parity("fsdp", False, None, shard={}, arch=arch)
@@ -581,6 +660,24 @@ def test_fsdp_full_finetuning_matches_one_process(launched, arch, name):
     assert len(want) >= len(list(build_model(peft=False, arch=arch).parameters()))
     assert_same(got["weights"], want)
     assert got["losses"] == pytest.approx(want_losses, abs=1e-5)
+
+
+def test_a_sharded_checkpoint_without_a_trained_weight_is_refused(launched):
+    """Loading may skip frozen weights (not checkpointed) and AdamW entries that never had a gradient, never a
+    trained weight: a full fine-tuning checkpoint read into a LoRA model names the LoRA weight it lacks."""
+    from posttrain.train import distributed as D
+
+    model = build_model(peft=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    from posttrain.train.state_io import StateFileError
+
+    with pytest.raises(
+        StateFileError, match=r"holds no trained weight model\.layers\.0\.self_attn\.q_proj\.lora_A"
+    ):
+        D.load_checkpoint(launched / "fsdp_full" / f"step-{STEPS}", model, opt, sched)
+    assert_same(model.state_dict(), before)
 
 
 def test_sharded_checkpoint_consolidates_and_resumes_in_one_process(launched, tmp_path):
@@ -727,12 +824,16 @@ def test_rl_commands_log_the_global_rollout_figures(launched, command):
     assert any(n.startswith("source-rank1-step-2") for n in state), state
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU offload is refused only without a GPU")
-def test_fsdp_cpu_offload_without_a_gpu_is_refused_in_one_line():
-    from posttrain.train.fsdp import _policies
+def test_fsdp_cpu_offload_matches_one_process_and_checkpoints(launched, tmp_path):
+    """train.fsdp_cpu_offload=true (CPUOffloadPolicy: shards, gradients and AdamW in host memory, unpinned without
+    CUDA) trains exactly as one process does, and its sharded checkpoint consolidates to those weights."""
+    from posttrain.train import distributed as D
 
-    with pytest.raises(ValueError, match="train.fsdp_cpu_offload=true .* no GPU"):
-        _policies(False, True)
+    want, want_losses, _ = run_parity("fsdp", False, None, shard={})
+    got = torch.load(launched / "fsdp_offload.pt")
+    assert_same(got["weights"], want)
+    assert got["losses"] == pytest.approx(want_losses, abs=1e-5)
+    assert_same(D.consolidate(launched / "fsdp_offload" / f"step-{STEPS}", tmp_path / "w.safetensors"), want)
 
 
 def test_unknown_strategy_is_an_error():

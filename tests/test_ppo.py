@@ -438,7 +438,6 @@ def test_prompts_from_real_data(name):
 def test_ranks_keep_their_own_source_state_in_a_shared_output_directory(tmp_path):
     """Under torchrun every rank checkpoints its sampling RNG and rollout buffer into the same `ppo_state/`; with one
     file name per step the ranks overwrote each other's and every rank resumed with the last writer's generator."""
-    from posttrain.errors import UserError
 
     sources = [make_source(tmp_path, rank=r, world_size=2)[1] for r in range(2)]
     for s in sources:
@@ -450,6 +449,42 @@ def test_ranks_keep_their_own_source_state_in_a_shared_output_directory(tmp_path
         fresh.load_state_dict(states[0])
         assert torch.equal(fresh.generator.get_state(), want[r]), f"rank {r} resumed another rank's sampler"
         assert torch.equal(fresh.buffer["data"]["input_ids"], sources[r].buffer["data"]["input_ids"])
-    one = make_source(tmp_path, rank=0, world_size=1)[1]  # a different world size: refused, naming why
-    with pytest.raises(UserError, match="world size"):
-        one.load_state_dict(states[0])
+
+
+def test_a_checkpoint_resumes_at_another_world_size_from_the_next_rollout(tmp_path, capsys):
+    """The prompt order does not depend on the world size: 2 ranks taking a rollout of 4 prompts each take the
+    epoch order's first 8, as one process does in two rollouts, and one process resuming their checkpoint takes the
+    next 4 (the one-process run's third rollout). Its sampler is seeded afresh from the rollout count (the same
+    restart twice samples alike) and the steps left of the interrupted rollout are skipped, said in one line."""
+    kw = {"rollout_batch_size": 4, "mini_batch_size": 2}
+    ids = lambda rows: sorted(tuple(r.ids) for r in rows)  # noqa: E731
+    one = make_source(tmp_path / "one", **kw)[1]
+    taken = [one._take_prompts() for _ in range(3)]
+    dealt = [make_source(tmp_path / "dealt", rank=r, world_size=2, **kw)[1]._take_prompts() for r in range(2)]
+    assert ids(dealt[0] + dealt[1]) == ids(taken[0] + taken[1])
+
+    pair = [make_source(tmp_path, rank=r, world_size=2, **kw)[1] for r in range(2)]
+    for s in pair:
+        s.next_step()  # the first of the rollout's 4 minibatch steps (2 epochs of 2)
+    state = [s.state_dict() for s in pair][0]
+    assert state["steps_left_in_rollout"] == 3
+    resumed = []
+    for _ in range(2):
+        r = make_source(tmp_path, **kw)[1]
+        r.load_state_dict(state)
+        resumed.append(r)
+    assert resumed[0].buffer is None and resumed[0].steps == 1 and resumed[0].rollouts == 1
+    assert "3 minibatch step(s) left of its rollout are not replayed" in capsys.readouterr().err
+    assert torch.equal(resumed[0].generator.get_state(), resumed[1].generator.get_state())
+    assert not torch.equal(resumed[0].generator.get_state(), pair[0].generator.get_state())
+    assert ids(resumed[0]._take_prompts()) == ids(taken[2])
+    resumed[1].next_step()  # samples its own rollout and trains on it
+    assert resumed[1].rollouts == 2 and len(resumed[1].buffer["plan"]) == 3
+
+
+def test_an_older_checkpoint_counts_its_prompt_position_per_rank(tmp_path):
+    """Checkpoints written before the position became global kept each rank's own count as "pos"."""
+    source = make_source(tmp_path)[1]
+    old = {"epoch": 0, "pos": 3, "rollouts": 1, "steps": 4, "kl_coef": 0.01, "file": "x", "world_size": 2}
+    source.load_state_dict(old)
+    assert source.pos == 6 and source.buffer is None

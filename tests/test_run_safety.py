@@ -222,6 +222,32 @@ def test_keys_that_do_not_define_the_run_may_change_on_resume(files, finished, t
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+def test_rl_runs_compare_their_global_rollout_and_step_batch(monkeypatch):
+    """PPO's per-rank ppo.rollout_batch_size / ppo.mini_batch_size may change on resuming at another world size when
+    their totals over the ranks stay the same; train.batch_size only splits a minibatch, so it is free too."""
+    from posttrain.config_load import load_config
+    from posttrain.run.ppo import PPOConfig
+    from posttrain.run.rundir import differences, manifest
+    from posttrain.train import distributed
+
+    def at(world, *overrides):
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        return manifest(load_config(PPOConfig, None, ["model=m", "data=d", *overrides]), "ppo")
+
+    two = at(2, "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8", "train.batch_size=4")
+    assert two["global_batch"] == {"rollout": 32, "step": 16}
+    assert differences(two, at(1, "ppo.rollout_batch_size=32", "ppo.mini_batch_size=16")) == []
+    assert differences(two, at(1, "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8")) == [
+        "the global rollout / optimiser-step batch, ppo.rollout_batch_size / ppo.mini_batch_size x ranks "
+        "(32 / 16 -> 16 / 8)"
+    ]
+    older = {**two, "global_batch": 64}  # a run.json from before: the per-rank keys must stay as they were
+    assert differences(older, at(1, "ppo.rollout_batch_size=32", "ppo.mini_batch_size=16")) == [
+        "ppo.mini_batch_size (8 -> 16)",
+        "ppo.rollout_batch_size (16 -> 32)",
+    ]
+
+
 def test_overwrite_moves_the_old_run_aside_and_starts_afresh(files, finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path / "run")
     before = tree_hashes(run)

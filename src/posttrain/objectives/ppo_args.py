@@ -21,11 +21,11 @@ class PPOArgs:
     number [:FIELD] against the prompt row's meta, regex:PATTERN, length:MAX_TOKENS), reward models, functions;
     e.g. {"number": 1.0, "regex:^\\d+$": 0.2}."""
     rollout_batch_size: int = 64
-    """Responses sampled per rollout batch (= prompts x samples_per_prompt)."""
+    """Responses sampled per rollout batch (= prompts x samples_per_prompt), per rank under torchrun."""
     samples_per_prompt: int = 1
     """Responses sampled for each prompt in a rollout batch."""
     mini_batch_size: int = 16
-    """Responses per optimiser step (split into micro-batches of train.batch_size)."""
+    """Responses per optimiser step (split into micro-batches of train.batch_size), per rank under torchrun."""
     ppo_epochs: int = 4
     """Passes over each rollout batch."""
     max_prompt_length: int = 512

@@ -9,12 +9,15 @@ of W takes every W-th prompt from position r) with its own sampling seed, and th
 `whiten_rewards`, the rewards) are whitened with the mean and variance of the global batch
 (`posttrain.train.distributed.global_whiten`, identical to `whiten` in one process). The rollout's figures
 (reward, its std, kl, response length, equal groups) are means over every rank's responses
-(`global_moments`), so the metrics file and the adaptive KL controller see the global batch.
+(`global_moments`), so the metrics file and the adaptive KL controller see the global batch. The prompt order
+does not depend on the world size, so a checkpoint resumes at another one from the next rollout
+(`load_state_dict`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,6 @@ import torch
 from torch import nn
 
 from posttrain.data.schema import PromptRow
-from posttrain.errors import UserError
 from posttrain.head_logprobs import column_logprobs
 from posttrain.modeling import response_columns
 from posttrain.objectives.advantages import equal_groups, group_advantages, kl_estimate, returns_to_go
@@ -142,12 +144,13 @@ class PPOSource:
                 p.unlink()
         return {
             "epoch": self.epoch,
-            "pos": self.pos,
+            "prompt_pos": self.pos,
             "rollouts": self.rollouts,
             "steps": self.steps,
             "kl_coef": self.kl.value,
             "file": name,
             "world_size": self.world_size,
+            "steps_left_in_rollout": len(self.buffer["plan"]) if self.buffer else 0,
         }
 
     def _state_file(self, steps: int | str, rank: int) -> str:
@@ -156,37 +159,59 @@ class PPOSource:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """`state` is the dict the checkpoint holds (rank 0's, as the loop saves one for all); every rank reads its
-        own sampler and rollout buffer from the files named after it."""
+        own sampler and rollout buffer from the files named after it.
+
+        At another world size (an elastic restart) the run goes on at the next rollout: the prompt position, epoch,
+        rollout count and KL coefficient are global and carry over; each rank's sampler is seeded afresh from the
+        seed, its rank and the rollout count (the same restart twice gives the same run); the minibatch steps left
+        of an interrupted rollout are not replayed (said in one line), since its rows were dealt to the old ranks."""
         saved = state.get("world_size", 1)
-        if saved != self.world_size:
-            raise UserError(
-                f"this PPO checkpoint was written at world size {saved}: each rank's sampler and rollout buffer "
-                f"are in it, so resume it with {saved} processes, not {self.world_size}"
-            )
-        name = state["file"] if self.world_size == 1 else self._state_file(state["steps"], self.rank)
-        blob = load_tree(self.state_dir / name)  # read first: a torn file changes nothing
+        pos = state["prompt_pos"] if "prompt_pos" in state else state["pos"] * saved  # older: per rank
+        if saved == self.world_size:
+            name = state["file"] if self.world_size == 1 else self._state_file(state["steps"], self.rank)
+            blob = load_tree(self.state_dir / name)  # read first: a torn file changes nothing
+        else:
+            blob = None
+            left = state.get("steps_left_in_rollout", 0)
+            if left and self.rank == 0:
+                print(
+                    f"resuming at world size {self.world_size} from a PPO checkpoint written at {saved}: the "
+                    f"{left} minibatch step(s) left of its rollout are not replayed; sampling goes on from prompt "
+                    f"{pos} of epoch {state['epoch']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self.epoch, self.pos, self.rollouts, self.steps = (
-            state[k] for k in ("epoch", "pos", "rollouts", "steps")
+            state["epoch"],
+            pos,
+            state["rollouts"],
+            state["steps"],
         )
         self.kl.value = state["kl_coef"]
-        self.generator.set_state(blob["generator"])
-        self.buffer = blob["buffer"]
+        if blob is None:
+            self.generator.manual_seed(self.seed + 7919 * self.rank + 104729 * self.rollouts)
+            self.buffer = None
+        else:
+            self.generator.set_state(blob["generator"])
+            self.buffer = blob["buffer"]
 
     # ---- rollouts
     def _take_prompts(self) -> list[PromptRow]:
-        """This rank's next prompts: every W-th prompt of the epoch's seeded order, starting at the rank."""
+        """This rank's next prompts. `pos` counts the prompts of the epoch's seeded order that all ranks have taken
+        so far; rank r of W takes positions pos + r, pos + r + W, ..., so the ranks together take the order's next
+        W x n prompts and a run walks the same order at every world size (a resumed run at another size goes on
+        from the same place). An epoch ends when fewer than W prompts are left (those sit out that epoch)."""
         n = self.args.rollout_batch_size // self.args.samples_per_prompt
-        per_rank = len(self.prompts) // self.world_size  # equal shares; a remainder is left out that epoch
+        W = self.world_size
         out = []
         while len(out) < n:
             order = torch.randperm(
                 len(self.prompts), generator=torch.Generator().manual_seed(self.seed + self.epoch)
             )
-            mine = order[self.rank :: self.world_size][:per_rank]
-            take = mine[self.pos : self.pos + n - len(out)].tolist()
-            out += [self.prompts[i] for i in take]
-            self.pos += len(take)
-            if self.pos >= per_rank:
+            take = min(n - len(out), (len(self.prompts) - self.pos) // W)
+            out += [self.prompts[i] for i in order[self.pos + self.rank :: W][:take].tolist()]
+            self.pos += take * W
+            if (len(self.prompts) - self.pos) // W == 0:
                 self.epoch, self.pos = self.epoch + 1, 0
         return [row for row in out for _ in range(self.args.samples_per_prompt)]
 

@@ -78,14 +78,31 @@ def data_hashes(config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def manifest(cfg: Any, command: str) -> dict[str, Any]:
-    """What defines the run: the command, the config, the data files' sha256 and the global batch (samples per
-    optimiser step over all ranks: resuming on another number of ranks keeps it by changing grad_accum)."""
+PER_RANK_BATCH = {"ppo.rollout_batch_size", "ppo.mini_batch_size"}
+"""RL's per-rank batch keys: they may change on resuming when their global values (x ranks) stay the same."""
+
+
+def global_batch(cfg: Any) -> int | dict[str, int]:
+    """Samples per optimiser step over all ranks (resuming on another number of ranks keeps it by changing
+    train.grad_accum); for RL, the responses per rollout and per optimiser step over all ranks (by changing
+    ppo.rollout_batch_size and ppo.mini_batch_size; train.batch_size only splits a minibatch there)."""
     from posttrain.train.distributed import world_size
 
+    ppo = getattr(cfg, "ppo", None)
+    if ppo is not None:
+        return {"rollout": ppo.rollout_batch_size * world_size(), "step": ppo.mini_batch_size * world_size()}
+    return cfg.train.batch_size * cfg.train.grad_accum * world_size()
+
+
+def manifest(cfg: Any, command: str) -> dict[str, Any]:
+    """What defines the run: the command, the config, the data files' sha256 and the global batch."""
     config = to_dict(cfg)
-    batch = cfg.train.batch_size * cfg.train.grad_accum * world_size()
-    return {"command": command, "config": config, "data_sha256": data_hashes(config), "global_batch": batch}
+    return {
+        "command": command,
+        "config": config,
+        "data_sha256": data_hashes(config),
+        "global_batch": global_batch(cfg),
+    }
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -93,13 +110,24 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     diff = []
     if old.get("command") not in (None, new["command"]):
         diff.append(f"command ({old['command']} -> {new['command']})")
-    if old.get("global_batch", new["global_batch"]) != new["global_batch"]:
-        diff.append(
-            f"the global batch, batch_size x grad_accum x ranks ({old['global_batch']} -> {new['global_batch']})"
-        )
+    was, now = old.get("global_batch", new["global_batch"]), new["global_batch"]
+    resumable = set(RESUMABLE)
+    if isinstance(now, dict) and isinstance(was, dict):  # RL: the globals compared, the per-rank keys free
+        resumable |= PER_RANK_BATCH
+        if was != now:
+            diff.append(
+                "the global rollout / optimiser-step batch, ppo.rollout_batch_size / ppo.mini_batch_size x ranks "
+                f"({was['rollout']} / {was['step']} -> {now['rollout']} / {now['step']})"
+            )
+    elif isinstance(now, dict) or isinstance(
+        was, dict
+    ):  # a run.json from before RL's globals: keys as written
+        pass
+    elif was != now:
+        diff.append(f"the global batch, batch_size x grad_accum x ranks ({was} -> {now})")
     before, after = flatten(old.get("config") or {}), flatten(new["config"])
     for key in sorted(set(before) | set(after)):
-        if key in RESUMABLE or before.get(key) == after.get(key):
+        if key in resumable or before.get(key) == after.get(key):
             continue
         if isinstance(before.get(key), (list, tuple)) and list(before[key]) == list(after.get(key) or []):
             continue

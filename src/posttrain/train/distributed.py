@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from posttrain.atomic import fsync_dir, fsync_tree
 from posttrain.train import checkpoint
 from posttrain.train.ddp import data_parallel, sync_gradients  # noqa: F401  (the strategies' gradient sync)
 from posttrain.train.fsdp import consolidated_copy, shard_model  # noqa: F401
-from posttrain.train.state_io import load_tree, save_tree
+from posttrain.train.state_io import StateFileError, load_tree, save_tree
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 """train.strategy values; auto = ddp (replicated weights, gradient all-reduce)."""
@@ -251,10 +252,12 @@ def save_checkpoint(
     return final
 
 
-def _trained_only():
+def _trained_only(strict: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True)  # a frozen base (adapter training) is not checkpointed
+    # a frozen base (adapter training) is not checkpointed; loading, it is "missing" by design (strict=False),
+    # and the trained weights are checked by the strict DCP read in `_load_sharded` instead
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)
 
 
 def _save_sharded(path: Path, model: nn.Module, optimizer) -> None:
@@ -291,22 +294,34 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer, scheduler) ->
 
 def _load_sharded(path: Path, model: nn.Module, optimizer) -> None:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     from posttrain.train.safe_dcp import SafePlanner, SafeReader
 
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_trained_only())
-    blob = {"model": model_sd, "optimizer": optim_sd}
+    path_id, reader = str(path), SafeReader(str(path))
+    # every trained weight must be in the checkpoint (a missing one is an error, never a fresh value kept)
+    try:
+        dcp.load({"model": model_sd}, checkpoint_id=path_id, storage_reader=reader, planner=SafePlanner())
+    except CheckpointException as e:
+        missing = re.search(r"Missing key in checkpoint state_dict: model\.(\S+?)\.?$", str(e), re.M)
+        if missing is None:
+            raise
+        raise StateFileError(
+            f"{path}: holds no trained weight {missing.group(1)} (written for another model or PEFT config)"
+        ) from None
     # partial: AdamW keeps no state for a weight that never had a gradient (a reward model's unused LM head), and
     # the state dict asked for here has an entry for every trainable weight; such entries keep their fresh zeros
+    reader = SafeReader(str(path))
     planner = SafePlanner(allow_partial_load=True)
-    dcp.load(blob, checkpoint_id=str(path), storage_reader=SafeReader(str(path)), planner=planner)
+    dcp.load({"optimizer": optim_sd}, checkpoint_id=path_id, storage_reader=reader, planner=planner)
     set_state_dict(
         model,
         optimizer,
-        model_state_dict=blob["model"],
-        optim_state_dict=blob["optimizer"],
-        options=_trained_only(),
+        model_state_dict=model_sd,
+        optim_state_dict=optim_sd,
+        options=_trained_only(strict=False),
     )
 
 

@@ -62,13 +62,8 @@ def _policies(mixed_precision: bool, cpu_offload: bool) -> dict:
     kw = {}
     if mixed_precision:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    if cpu_offload:
-        if not torch.cuda.is_available():
-            raise ValueError(
-                "train.fsdp_cpu_offload=true keeps the shards in host memory for a GPU to compute with; this "
-                "machine has no GPU (on CPU they are in host memory already): set it to false"
-            )
-        kw["offload_policy"] = CPUOffloadPolicy()
+    if cpu_offload:  # shards, gradients and the optimiser step in host memory; pinned for copies to a GPU
+        kw["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     return kw
 
 
