@@ -473,6 +473,7 @@ SCENARIOS = {
         run_parity("fsdp", False, out / "fsdp_bf16", mixed_precision=True),
         run_parity("fsdp", False, out / "fsdp_offload", cpu_offload=True),
         *(fit_run(out / f"fsdp_{t}_straight", 4, strategy="fsdp", trainer=t) for t in ("rm", "dpo")),
+        fit_run(out / "ddp_rm", 4, strategy="ddp", trainer="rm"),
         *(fit_run(out / f"fsdp_{t}_half", 2, strategy="fsdp", trainer=t) for t in ("rm", "dpo")),
         *(rl_command(out, c, "fsdp") for c in ("ppo", "grpo")),
         rl_command(out, "ppo", "fsdp", full=True),
@@ -596,6 +597,21 @@ def test_fsdp_reward_model_and_dpo_match_one_process_and_resume_in_one(launched,
     assert_same(load_file(str(half / "final" / "w.safetensors")), want)
     if trainer == "rm":
         assert "score_head.weight" in want
+
+
+def test_ddp_reward_model_matches_one_process(launched, tmp_path):
+    """A reward model under DDP (full fine-tuning; its LM head gets no gradient, so DDP is built with
+    find_unused_parameters): the same losses and weights as one process with the same global batch."""
+    from safetensors.torch import load_file
+
+    from posttrain.train.log import read_metrics
+
+    fit_run(tmp_path / "one", 4, strategy="ddp", shard={}, trainer="rm")
+    losses = lambda d: [r["loss"] for r in read_metrics(d / "metrics.jsonl")]  # noqa: E731
+    assert len(losses(launched / "ddp_rm")) == 4
+    assert losses(launched / "ddp_rm") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    want = load_file(str(tmp_path / "one" / "final" / "w.safetensors"))
+    assert_same(load_file(str(launched / "ddp_rm" / "final" / "w.safetensors")), want)
 
 
 @pytest.mark.parametrize("name", ["rl-ppo-fsdp", "rl-grpo-fsdp", "rl-ppo-fsdp-full"])
