@@ -137,6 +137,16 @@ def test_every_consumer_reads_the_models_own_logprobs(family):
         torch.testing.assert_close(lp.sum(1), want, **close)
         got = torch.tensor([sum(x) for x in response_logprobs(model, prompts, responses, pad_id=1)])
         torch.testing.assert_close(got, want, **close)
+        if shared:  # GRPO's groups as one packed row per prompt (`group_rows`): chosen, rejected per pair
+            from posttrain.objectives.group_rows import pack_groups
+
+            grouped = prompt_response_rows(
+                [p for p, _, _ in PAIRS for _ in range(2)], [x for _, c, r in PAIRS for x in (c, r)], pad_id=1
+            )
+            grouped["packed"] = pack_groups(grouped, 2)
+            lp, _, _ = response_forward(PolicyWithValue(model), grouped)
+            order = torch.tensor([0, 2, 1, 3])  # want: chosen of both pairs, then rejected
+            torch.testing.assert_close((lp * grouped["mask"]).sum(1), want[order], **close)
 
 
 def _trained(family: str, method: str) -> torch.nn.Module:

@@ -60,6 +60,17 @@ def head_token_logprobs(
     return logp, (torch.cat(ents).reshape(shape).detach() if entropy else None)
 
 
+def states_at(model: torch.nn.Module, batch: dict, cols: slice) -> torch.Tensor:
+    """The trunk's hidden states (B, C, H) at columns `cols` of `batch`, or, when it holds `packed` rows
+    (`posttrain.objectives.group_rows`), gathered from them at the same dense (row, column) places."""
+    from posttrain.modeling import lm_forward
+
+    packed = batch.get("packed")
+    if packed is None:
+        return lm_forward(model, batch).hidden[:, cols]
+    return lm_forward(model, packed).hidden[packed["at_rows"], packed["at_cols"]]
+
+
 def column_logprobs(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -69,17 +80,24 @@ def column_logprobs(
     entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Log-probs of `tokens` (B, C) predicted at columns `cols` of `batch`, their entropies (or None) and the
-    trunk's hidden states (B, T, H): chunked through the head where `logits_path` allows, else from the model's
-    own logits."""
+    trunk's hidden states there (B, C, H): chunked through the head where `logits_path` allows, else from the
+    model's own logits. A batch with `packed` rows (one per group of responses to one prompt) runs those."""
     from posttrain.modeling import lm_forward
 
     if logits_path(model).selective:
-        hidden = lm_forward(model, batch).hidden
-        logp, ent = head_token_logprobs(model, hidden[:, cols], tokens, temperature, entropy)
-        return logp, ent, hidden
-    out = lm_forward(model, batch, select=cols)
+        states = states_at(model, batch, cols)
+        logp, ent = head_token_logprobs(model, states, tokens, temperature, entropy)
+        return logp, ent, states
+    packed = batch.get("packed")
+    if packed is None:
+        out = lm_forward(model, batch, select=cols)
+        states = out.hidden[:, cols]
+    else:
+        at = (packed["at_rows"], packed["at_cols"])
+        out = lm_forward(model, packed, select=at)
+        states = out.hidden[at]
     z = out.logits.float() / temperature if temperature != 1.0 else out.logits.float()
     logp_all = z.log_softmax(-1)
     logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
     ent = -(logp_all.exp() * logp_all).sum(-1).detach() if entropy else None
-    return logp, ent, out.hidden
+    return logp, ent, states

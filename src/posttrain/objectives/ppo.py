@@ -196,23 +196,26 @@ class PolicyWithValue(nn.Module):
         cols: int | slice,
         tokens: torch.Tensor | None = None,
         temperature: float = 1.0,
+        packed: dict[str, torch.Tensor] | None = None,
     ) -> tuple[Any, torch.Tensor]:
         """At columns `cols` (an int k: the last k; or a slice): the logits (B, C, V), or with `tokens` (B, C) their
         (log-probs, entropies) (B, C) each, chunked through the head (`posttrain.head_logprobs`); and the values
-        (B, C) float32."""
-        from posttrain.head_logprobs import column_logprobs
+        (B, C) float32. With `packed` (`posttrain.objectives.group_rows`) the rows run packed per prompt group."""
+        from posttrain.head_logprobs import column_logprobs, states_at
 
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         cols = slice(-cols, None) if isinstance(cols, int) else cols
         if tokens is None:
             out = lm_forward(self.policy, batch, select=cols)
-            scores, hidden = out.logits, out.hidden
+            scores, states = out.logits, out.hidden[:, cols]
         else:
-            logp, ent, hidden = column_logprobs(self.policy, batch, cols, tokens, temperature, entropy=True)
+            logp, ent, states = column_logprobs(
+                self.policy, {**batch, "packed": packed}, cols, tokens, temperature, entropy=True
+            )
             scores = (logp, ent)
         if self.critic is not None:
-            hidden = lm_forward(self.critic, batch).hidden
-        values = self.v_head(hidden[:, cols].float()).squeeze(-1)
+            states = states_at(self.critic, {**batch, "packed": packed}, cols)
+        values = self.v_head(states.float()).squeeze(-1)
         return scores, values
 
 
@@ -232,6 +235,7 @@ def response_forward(
         cols,
         batch["response"],
         temperature,
+        batch.get("packed"),
     )
     return logp, ent, values
 

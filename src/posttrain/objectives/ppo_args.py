@@ -26,6 +26,10 @@ class PPOArgs:
     """Responses sampled for each prompt in a rollout batch."""
     mini_batch_size: int = 16
     """Responses per optimiser step (split into micro-batches of train.batch_size), per rank under torchrun."""
+    share_prompt: bool = True
+    """With samples_per_prompt > 1: run each prompt's responses as one row [prompt | r_1 | ... | r_k] with a 4D mask
+    (the prompt computed once; the same numbers), where the model's attention allows it and mini_batch_size and
+    train.batch_size are multiples of samples_per_prompt (`posttrain.objectives.group_rows`)."""
     ppo_epochs: int = 4
     """Passes over each rollout batch."""
     max_prompt_length: int = 512

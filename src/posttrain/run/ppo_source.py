@@ -27,8 +27,9 @@ from torch import nn
 
 from posttrain.data.schema import PromptRow
 from posttrain.head_logprobs import column_logprobs
-from posttrain.modeling import response_columns
+from posttrain.modeling import response_columns, takes_custom_4d_mask
 from posttrain.objectives.advantages import equal_groups, group_advantages, kl_estimate, returns_to_go
+from posttrain.objectives.group_rows import pack_groups
 from posttrain.objectives.ppo import (
     PolicyWithValue,
     PPOArgs,
@@ -103,6 +104,26 @@ class PPOSource:
         self.kl = kl_controller(args.kl_coef, args.adaptive_kl, args.target_kl, args.horizon)
         self.epoch, self.pos, self.rollouts, self.steps = 0, 0, 0, 0
         self.buffer: dict[str, Any] | None = None  # {"data": tensors, "plan": [[row idx per micro]], "stats"}
+        self.pack = self._packs(args, micro_batch_size)  # k: micro-batches run one row per prompt group
+
+    def _packs(self, args: PPOArgs, micro: int) -> int:
+        """samples_per_prompt when each micro-batch can run as one packed row per prompt group (`group_rows`),
+        else 0: sharing asked for, whole groups in every minibatch and micro-batch, a model that reads 4D masks."""
+        k = args.samples_per_prompt
+        whole = k > 1 and args.mini_batch_size % k == 0 and micro % k == 0
+        longest = args.max_prompt_length + k * args.max_new_tokens
+        models = [self.model.policy] + [m for m in (self.model.critic, self.ref_model) if m is not None]
+        return (
+            k if args.share_prompt and whole and all(takes_custom_4d_mask(m, longest) for m in models) else 0
+        )
+
+    def _batch(self, rows: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """A micro-batch of rollout rows on the device, with their packed rows when groups are packed."""
+        packed = pack_groups(rows, self.pack) if self.pack else None
+        batch: dict[str, Any] = {k: v.to(self.device) for k, v in rows.items()}
+        if packed is not None:
+            batch["packed"] = {k: v.to(self.device) for k, v in packed.items()}
+        return batch
 
     # ---- BatchSource
     def steps_per_epoch(self) -> int:
@@ -117,7 +138,7 @@ class PPOSource:
         data = self.buffer["data"]
         micro = []
         for rows in plan:
-            batch = {k: v.to(self.device) for k, v in _slice(data, rows).items()}
+            batch = self._batch(_slice(data, rows))
             if self.ptx:
                 batch["ptx"] = {k: v.to(self.device) for k, v in self.ptx[self.steps % len(self.ptx)].items()}
             micro.append(batch)
@@ -227,7 +248,7 @@ class PPOSource:
             out.update(logprobs=[], values=[])
         try:
             for s in range(0, data["input_ids"].shape[0], self.micro):
-                batch = {k: v[s : s + self.micro].to(self.device) for k, v in data.items()}
+                batch = self._batch({k: v[s : s + self.micro] for k, v in data.items()})
                 if policy:
                     logp, _, values = response_forward(model, batch, T)
                     out["logprobs"].append(logp.cpu())
@@ -314,10 +335,14 @@ class PPOSource:
         self.kl.update(stats["kl"], len(rows) * self.world_size)  # every rank's controller moves alike
         plan = []
         for e in range(a.ppo_epochs):
-            perm = torch.randperm(
-                len(rows),
-                generator=torch.Generator().manual_seed(self.seed * 100003 + self.rollouts * 1009 + e),
-            )
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.rollouts * 1009 + e)
+            if self.pack:  # whole groups, in order, so every micro-batch packs one row per prompt
+                k = self.pack
+                perm = (torch.randperm(len(rows) // k, generator=g)[:, None] * k + torch.arange(k)).reshape(
+                    -1
+                )
+            else:
+                perm = torch.randperm(len(rows), generator=g)
             for m in perm.split(a.mini_batch_size):
                 plan.append(list(m.split(self.micro)))
         self.rollouts += 1
