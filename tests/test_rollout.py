@@ -175,3 +175,39 @@ def test_rollout_with_peft_adapters(tok, method):
             logits = model(torch.tensor([p + resp])).logits[0, len(p) - 1 : -1].float()
         expected_lp = logits.log_softmax(-1).gather(-1, torch.tensor(resp)[:, None]).squeeze(-1)
         torch.testing.assert_close(torch.tensor(ro.logprobs[i]), expected_lp, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["none", "prefix", "lora"])
+def test_repeated_prompts_are_prefilled_once_with_the_same_samples(tok, method):
+    """GRPO's k samples of one prompt are k equal rows: the prompt forward runs on the distinct prompts only (rows
+    counted), and the cache copied to the duplicates gives what a batch without the sharing gives: the greedy
+    responses of the prompts alone, and the same sampled tokens and log-probs as running every row."""
+    from posttrain import rollout_cache
+    from posttrain.peft import PeftConfig, apply_peft
+
+    model = tiny_model("llama")
+    if method != "none":
+        model = apply_peft(model, PeftConfig(method=method))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.5)
+    prompts = [p for p in PROMPTS for _ in range(3)]
+    rows = []
+    handle = model.get_decoder().register_forward_pre_hook(
+        lambda m, a, kw: rows.append(kw["input_ids"].shape), with_kwargs=True
+    )
+    greedy = generate(model, tok, prompts, max_new_tokens=6, do_sample=False, stop_ids=[])
+    handle.remove()
+    assert rows[0] == (3, 7) and rows[1][0] == 9  # the prefill: 3 distinct prompts; decoding: all 9 rows
+    alone = generate(model, tok, PROMPTS, max_new_tokens=6, do_sample=False, stop_ids=[])
+    assert greedy.response_ids == [r for r in alone.response_ids for _ in range(3)]
+
+    shared = generate(model, tok, prompts, max_new_tokens=6, temperature=0.8, seed=5, stop_ids=[])
+    inner, rollout_cache.DynamicLayer = rollout_cache.DynamicLayer, type("NotPlain", (), {})  # no sharing
+    try:
+        every = generate(model, tok, prompts, max_new_tokens=6, temperature=0.8, seed=5, stop_ids=[])
+    finally:
+        rollout_cache.DynamicLayer = inner
+    assert shared.response_ids == every.response_ids
+    torch.testing.assert_close(torch.tensor(shared.logprobs), torch.tensor(every.logprobs), atol=1e-5, rtol=0)

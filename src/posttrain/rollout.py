@@ -8,43 +8,28 @@ Our own decode loop over the model's forward (left padding, position ids = cumsu
 returns the log-probability of every sampled token under the distribution it was sampled from (after temperature,
 top-k and top-p), which PPO needs. Rows stop at any end-of-sequence / end-of-turn id; finished rows keep emitting pad
 (masked out) and the loop ends once every row is finished (checked every few steps, not per token, to avoid syncs).
+`backend="vllm"` (or `rollout_backend.use_backend`) samples through a colocated vLLM engine instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import DynamicLayer
 
 from posttrain.peft.lora import fused_for_sampling
 from posttrain.progress import Progress
+from posttrain.rollout_backend import BACKENDS, current_backend, generate_vllm, use_backend  # noqa: F401
+from posttrain.rollout_cache import preallocate, prefill
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>", "<|end|>")
 """Tokens that end an assistant turn in common chat formats; each one the tokenizer knows also stops sampling."""
 
 CHECK_EVERY = 8
 """Decode steps between checks that all rows have finished (each check syncs with the device)."""
-
-BACKENDS = ("hf", "vllm")
-_BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar("rollout_backend", default="hf")
-
-
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Inside the block `generate(...)` without a `backend` samples with `name` (`rollout.backend`: hf | vllm), so a
-    command sets it once for every generation it makes (evaluation, labelling)."""
-    if name not in BACKENDS:
-        raise ValueError(f"rollout backend must be one of {BACKENDS}, got {name!r}")
-    token = _BACKEND.set(name)
-    try:
-        yield
-    finally:
-        _BACKEND.reset(token)
 
 
 @dataclass
@@ -196,39 +181,6 @@ def sample_inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = 
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
-class _InPlaceLayer(DynamicLayer):
-    """A DynamicLayer whose storage is allocated once for `capacity` positions, so each decode step writes its
-    key/value in place instead of re-concatenating the whole cache (torch.cat was ~15% of a CPU decode step)."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
-        super().__init__()
-        B, H, n, D = keys.shape
-        self._k = keys.new_empty(B, H, capacity, keys.shape[-1])
-        self._v = values.new_empty(B, values.shape[1], capacity, values.shape[-1])
-        self._k[:, :, :n], self._v[:, :, :n] = keys, values
-        self.length, self.device, self.is_initialized = n, keys.device, True
-        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        self._k[:, :, self.length : end] = key_states
-        self._v[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
-        return self.keys, self.values
-
-
-def _preallocate(cache, extra: int) -> None:
-    """Swap plain DynamicLayers of the model's own cache (prefix adapters may have pre-filled it) for in-place ones
-    with room for `extra` more positions; other layer kinds (sliding window, quantised) are left as they are."""
-    layers = getattr(cache, "layers", None)
-    if not isinstance(layers, list):
-        return
-    for i, layer in enumerate(layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
-            layers[i] = _InPlaceLayer(layer.keys, layer.values, layer.keys.shape[-2] + extra)
-
-
 def _accepts(model, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
@@ -268,16 +220,14 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, sampler, stop_ids,
     positions = position_ids_from_mask(attention_mask)
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     cache_kw = _cache_kwarg(model)
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **extra
-    )
+    out = prefill(model, input_ids, attention_mask, positions, cache_kw, extra, _sharded(model))
     next_pos = positions[:, -1:] + 1  # (B, 1)
 
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    _preallocate(out[cache_kw] if cache_kw in out else out.past_key_values, max_new_tokens)
+    preallocate(out[cache_kw] if cache_kw in out else out.past_key_values, max_new_tokens)
     together = _sharded(
         model
     )  # FSDP: every rank runs as many forwards (each gathers weights with the others)
@@ -352,8 +302,8 @@ def generate(
         )
     if not prompts:
         return Rollout([], [], [], [], [])
-    if (backend or _BACKEND.get()) == "vllm":
-        return _generate_vllm(
+    if (backend or current_backend()) == "vllm":
+        return generate_vllm(
             model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, min_new_tokens,
             stop_ids, seed, generator,
         )  # fmt: skip
@@ -387,31 +337,6 @@ def generate(
     finally:
         model.train(was_training)
         bar.close()
-    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    return Rollout([list(p) for p in prompts], responses, logps, texts, finished)
-
-
-def _generate_vllm(
-    model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, min_new_tokens, stop_ids,
-    seed, generator,
-) -> Rollout:  # fmt: skip
-    """`generate` through vLLM: the engine samples, the model's own forward gives the log-probs (at the sampling
-    temperature), so an importance ratio against them is exact whatever the engine's kernels round."""
-    from posttrain.rollout_vllm import sample_vllm
-
-    stops = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
-    if generator is None and seed is not None:
-        generator = torch.Generator().manual_seed(seed)
-    responses = sample_vllm(
-        model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, min_new_tokens, stops,
-        generator,
-    )  # fmt: skip
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    policy = getattr(model, "policy", model)
-    logps = response_logprobs(
-        policy, prompts, responses, pad_id, temperature=temperature if do_sample else 1.0
-    )
-    finished = [bool(r) and r[-1] in set(stops) for r in responses]
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     return Rollout([list(p) for p in prompts], responses, logps, texts, finished)
 

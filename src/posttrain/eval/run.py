@@ -26,7 +26,7 @@ from posttrain.eval.safety import (
     load_phrases,
     refusal_rate,
 )
-from posttrain.rollout import use_backend
+from posttrain.rollout_backend import use_backend
 
 
 def load_model(model: str, adapter: str | None, cfg: EvalConfig):

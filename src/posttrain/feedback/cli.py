@@ -16,6 +16,7 @@ from posttrain.errors import UsageError, UserError
 from posttrain.feedback.agreement import agreement
 from posttrain.feedback.store import Store, StoreError
 from posttrain.feedback.validate import MAX_RESPONSES
+from posttrain.rollout_backend import add_backend_argument
 
 
 def _read_jsonl(path: str) -> list[tuple[int, dict]]:
@@ -185,12 +186,7 @@ def parser() -> argparse.ArgumentParser:
         "--template", default="auto", help="chat template (auto: the tokenizer's own, else chatml)"
     )
     a.add_argument("--seed", type=int, default=0, help="seeds the sampling")
-    a.add_argument(
-        "--backend",
-        choices=["hf", "vllm"],
-        default="hf",
-        help="sampler: posttrain's decode loop, or vLLM (GPU)",
-    )
+    add_backend_argument(a)
     a.add_argument("--responses", help="JSONL of {prompt|messages, responses: [...]} to import")
     a.add_argument("--max-labels", type=_at_least(1), default=1, help="show each task to up to M labellers")
     t = sub.add_parser("token", help="create a labeller and print their token")

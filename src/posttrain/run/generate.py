@@ -15,6 +15,7 @@ import sys
 
 from posttrain.atomic import atomic_open
 from posttrain.commandline import DTYPE_CHOICES, ArgumentParser, output_file, positive
+from posttrain.rollout_backend import add_backend_argument
 
 
 def parse_args(argv: list[str]):
@@ -38,12 +39,7 @@ def parse_args(argv: list[str]):
     )
     p.add_argument("--batch-size", type=positive(int), default=16, help="prompts decoded together")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling")
-    p.add_argument(
-        "--backend",
-        choices=["hf", "vllm"],
-        default="hf",
-        help="sampler: posttrain's decode loop, or vLLM (GPU)",
-    )
+    add_backend_argument(p)
     p.add_argument(
         "--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (auto: bf16 on CUDA, else fp32)"
     )
