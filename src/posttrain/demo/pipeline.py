@@ -25,7 +25,7 @@ import torch
 
 from posttrain.atomic import atomic_write_text
 from posttrain.demo.alignment import AlignmentStages, Skip, runner, write_jsonl
-from posttrain.demo.base import ensure_base
+from posttrain.demo.base import cache_dir, ensure_base
 from posttrain.demo.data import Skip as DataSkip
 from posttrain.demo.evaluate import EVAL_SETS, Evaluator
 from posttrain.demo.measure import Measure
@@ -135,6 +135,7 @@ class Pipeline(AlignmentStages):
     # stages
 
     def stage_base(self) -> None:
+        cached = (cache_dir(self.s.base, self.world) / "pretrain.json").exists()
         self.base_dir = ensure_base(self.s.base, self.world, log=self.log)
         info = json.loads((self.base_dir / "pretrain.json").read_text())
         model, tok = self.load(self.base_dir)
@@ -144,6 +145,7 @@ class Pipeline(AlignmentStages):
             **acc,
             "params": info["params"],
             "pretrain_wall_s": round(info["wall_s"], 1),
+            "pretrained_this_run": not cached,
             "pretrain_tokens": info["tokens"],
             "pretrain_final_loss": info["losses"][-1],
             "dir": str(self.base_dir),

@@ -250,8 +250,35 @@ class World:
                     )
         for i, w in enumerate(_NUM):
             docs.append(f"The number {w} is written {i}.")
+        book = phrasebook()  # each sentence alone and after another one (" Sorry" is not "Sorry" to BPE)
+        docs += [
+            d
+            for i, p in enumerate(book)
+            for d in (p, f"{book[i - 1]} {p}")
+            for _ in range(PHRASE_REPEAT // 2)
+        ]
         rng.shuffle(docs)
         return docs
+
+
+PHRASE_REPEAT = 8
+"""Times each `phrasebook` sentence is in the pre-training text."""
+
+
+def phrasebook() -> list[str]:
+    """Everyday sentences an assistant's answers are made of, as plain text: the refusal, the helpful replies to the
+    benign look-alikes, the pleasantries, and what assistants say about themselves (for a generic assistant: the
+    world's own name and maker are never in the pre-training text). Any real pre-training corpus holds such
+    sentences; without them a third of the token ids in the instruction data's answers (190 of 485 on seed 0: the
+    pieces of "Sorry", "cannot", "help", "made", "assistant", ...) never occur in pre-training, so their embedding and
+    output rows stay at random initialisation: full fine-tuning learns them, but every PEFT method keeps them
+    frozen and can only steer towards random vectors (the adapter's identity answer came out as "I mode. People
+    often ask this.", LoRA's as "I canm Tiny, an assomentSomeSome cuiltrain.")."""
+    from posttrain.data.construct.identity import ANSWERS
+
+    replies = [r for _, _, rs in SAFETY.values() for r in rs]
+    generic = [a.format(name="Ada", maker="a small lab") for a in ANSWERS]
+    return list(dict.fromkeys([REFUSAL, *replies, *FILLERS, *generic]))
 
 
 def _two_per_doc(sentences: list[str]) -> list[str]:
