@@ -250,12 +250,10 @@ class World:
                     )
         for i, w in enumerate(_NUM):
             docs.append(f"The number {w} is written {i}.")
-        book = phrasebook()  # each sentence alone and after another one (" Sorry" is not "Sorry" to BPE)
+        # each sentence alone and after a neutral one (" Sorry" is not "Sorry" to BPE), never next to another
+        # phrase: a refusal followed by a helpful reply would tie the two together
         docs += [
-            d
-            for i, p in enumerate(book)
-            for d in (p, f"{book[i - 1]} {p}")
-            for _ in range(PHRASE_REPEAT // 2)
+            d for p in phrasebook() for d in (p, f"{PHRASE_LEAD} {p}") for _ in range(PHRASE_REPEAT // 2)
         ]
         rng.shuffle(docs)
         return docs
@@ -263,6 +261,8 @@ class World:
 
 PHRASE_REPEAT = 8
 """Times each `phrasebook` sentence is in the pre-training text."""
+PHRASE_LEAD = "Here is what was said."
+"""The sentence half of the phrasebook documents start with."""
 
 
 def phrasebook() -> list[str]:
