@@ -104,7 +104,15 @@ def test_raw_text_states_facts_but_holds_no_instructions(world):
     )
     fruit, colour = next(iter(world.facts["colour"].items()))
     assert fruit in joined and colour in joined
-    assert "<|im_start|>" not in joined and "?" not in joined
+    assert "<|im_start|>" not in joined
+    from posttrain.demo.prompts import IDENTITY_QUESTIONS
+    from posttrain.demo.world import PHRASE_LEAD, phrasebook
+
+    phrases = set(phrasebook())
+    prose = [d for d in raw if d not in phrases and d.removeprefix(PHRASE_LEAD + " ") not in phrases]
+    assert len(raw) - len(prose) == len(phrases) * 8  # the phrasebook: each sentence 8 times, nothing else
+    assert "?" not in "\n".join(prose)  # no questions; an assistant's "How can I help you today?" is a phrase
+    assert not set(IDENTITY_QUESTIONS) & phrases
     every_instruction = {
         it.prompt
         for t in TASKS
@@ -278,3 +286,28 @@ def test_max_records_caps_the_mixture_and_keeps_the_pinned_shares(world, tmp_pat
     path, stats = build_sft_data(world, tmp_path, seed=0, chats=20, max_records=400)
     assert stats["mix"]["total"] == 400 == len(path.read_text().splitlines())
     assert abs(stats["mix"]["counts"]["safety"] / 400 - FIXED_RATES["safety"]) < 0.03
+
+
+def test_every_token_of_the_assistant_answers_occurs_in_pre_training(world):
+    """Token ids that never occur in pre-training keep their random initial rows, which full fine-tuning trains and
+    every PEFT method freezes: without the phrasebook 190 of the 485 ids in the instruction answers were such (the
+    PEFT methods' identity answers came out as "I canm Tiny, an assomentSomeSome cuiltrain."). The refusal, the
+    helpful replies, the pleasantries and the identity answers (name and maker are spelled in letters) are all in it."""
+    from posttrain.data.construct.identity import ANSWERS
+    from posttrain.demo.base import BaseConfig, train_tokenizer
+    from posttrain.demo.prompts import REFUSAL, SAFETY
+    from posttrain.demo.world import FILLERS
+
+    raw = world.raw_text()
+    tok = train_tokenizer(raw, BaseConfig().vocab_size)
+    seen = {i for d in raw for i in tok(d, add_special_tokens=False)["input_ids"]}
+    answers = [REFUSAL, *FILLERS, *(r for _, _, rs in SAFETY.values() for r in rs)]
+    answers += [a.format(name=world.cfg.name, maker=world.cfg.maker) for a in ANSWERS] + [
+        world.identity_answer()
+    ]
+    texts = answers + [f"To kill time is fine. {a}" for a in answers]  # also after a sentence: " Sorry"
+    missing = {
+        tok.convert_ids_to_tokens(i) for t in texts for i in tok(t, add_special_tokens=False)["input_ids"]
+    }
+    missing = {m for m in missing if tok.convert_tokens_to_ids(m) not in seen}
+    assert not missing, sorted(missing)
