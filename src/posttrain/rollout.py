@@ -22,7 +22,7 @@ import torch
 
 from posttrain.peft.lora import fused_for_sampling
 from posttrain.progress import Progress
-from posttrain.rollout_backend import BACKENDS, current_backend, generate_vllm, use_backend  # noqa: F401
+from posttrain.rollout_backend import BACKENDS, current_backend, use_backend  # noqa: F401
 from posttrain.rollout_cache import preallocate, prefill
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>", "<|end|>")
@@ -337,6 +337,31 @@ def generate(
     finally:
         model.train(was_training)
         bar.close()
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    return Rollout([list(p) for p in prompts], responses, logps, texts, finished)
+
+
+def generate_vllm(
+    model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, min_new_tokens, stop_ids,
+    seed, generator,
+) -> Rollout:  # fmt: skip
+    """`generate` through vLLM: the engine samples, the model's own forward gives the log-probs (at the sampling
+    temperature), so an importance ratio against them is exact whatever the engine's kernels round."""
+    from posttrain.rollout_vllm import sample_vllm
+
+    stops = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    responses = sample_vllm(
+        model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, min_new_tokens, stops,
+        generator,
+    )  # fmt: skip
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    policy = getattr(model, "policy", model)
+    logps = response_logprobs(
+        policy, prompts, responses, pad_id, temperature=temperature if do_sample else 1.0
+    )
+    finished = [bool(r) and r[-1] in set(stops) for r in responses]
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     return Rollout([list(p) for p in prompts], responses, logps, texts, finished)
 

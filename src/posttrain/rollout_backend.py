@@ -3,8 +3,7 @@
     with use_backend("vllm"):          # every generate() inside without a backend= samples through vLLM
         evaluate(...)
 
-`generate_vllm` is `generate` through vLLM: the engine samples and the model's own forward gives the log-probs, so
-an importance ratio against them is exact whatever the engine's kernels round (`posttrain.rollout_vllm`).
+`posttrain.rollout.generate_vllm` samples through vLLM (`posttrain.rollout_vllm`).
 """
 
 from __future__ import annotations
@@ -12,10 +11,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from posttrain.rollout import Rollout
 
 BACKENDS = ("hf", "vllm")
 _BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar("rollout_backend", default="hf")
@@ -47,31 +42,3 @@ def add_backend_argument(parser) -> None:
 def current_backend() -> str:
     """The backend `use_backend` set for this context, else "hf"."""
     return _BACKEND.get()
-
-
-def generate_vllm(
-    model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, min_new_tokens, stop_ids,
-    seed, generator,
-) -> Rollout:  # fmt: skip
-    """`generate` through vLLM: the engine samples, the model's own forward gives the log-probs (at the sampling
-    temperature), so an importance ratio against them is exact whatever the engine's kernels round."""
-    import torch
-
-    from posttrain.rollout import Rollout, response_logprobs, stop_token_ids
-    from posttrain.rollout_vllm import sample_vllm
-
-    stops = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
-    if generator is None and seed is not None:
-        generator = torch.Generator().manual_seed(seed)
-    responses = sample_vllm(
-        model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, min_new_tokens, stops,
-        generator,
-    )  # fmt: skip
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    policy = getattr(model, "policy", model)
-    logps = response_logprobs(
-        policy, prompts, responses, pad_id, temperature=temperature if do_sample else 1.0
-    )
-    finished = [bool(r) and r[-1] in set(stops) for r in responses]
-    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    return Rollout([list(p) for p in prompts], responses, logps, texts, finished)
